@@ -1,0 +1,1 @@
+"""Benchmarks: the project against a bare baseline in the same run (``bench/run``)."""

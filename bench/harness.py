@@ -1,0 +1,318 @@
+"""The benchmark harness: repeated runs, medians, ratios, machine facts, result files.
+
+Every benchmark measures the project and a bare baseline in the same run,
+interleaved (baseline, project, baseline, project, ...) so that drift of the
+machine hits both alike, and reports the median of each. The ratio is
+``project / baseline`` for rates (higher is better) and ``baseline / project``
+for durations (lower is better), so in both cases a ratio at or above
+``target_ratio`` means the budget is met.
+
+Nothing here times anything by itself beyond :func:`interleave`: the
+benchmarks measure, the harness does the arithmetic and the files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MIN_REPEATS = 3
+
+Measure = Callable[[], "Sample"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measurement: the value in the benchmark's unit, and what else was seen."""
+
+    value: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """All runs of one benchmark, and the figures derived from them."""
+
+    name: str
+    unit: str
+    target_ratio: float
+    project_runs: list[Sample]
+    baseline_runs: list[Sample]
+    higher_is_better: bool = True
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def project(self) -> float:
+        """Median of the project's runs."""
+        return median([s.value for s in self.project_runs])
+
+    @property
+    def baseline(self) -> float:
+        """Median of the baseline's runs."""
+        return median([s.value for s in self.baseline_runs])
+
+    @property
+    def ratio(self) -> float:
+        """The project's median against the baseline's, oriented so higher is better."""
+        return ratio(self.project, self.baseline, higher_is_better=self.higher_is_better)
+
+    @property
+    def met(self) -> bool:
+        """Whether the ratio reaches the target."""
+        return self.ratio >= self.target_ratio
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``results.json`` entry."""
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "project": _round(self.project),
+            "baseline": _round(self.baseline),
+            "ratio": _round(self.ratio, 4),
+            "target_ratio": self.target_ratio,
+            "higher_is_better": self.higher_is_better,
+            "runs": [
+                {
+                    "project": _round(p.value),
+                    "baseline": _round(b.value),
+                    "project_detail": dict(p.detail),
+                    "baseline_detail": dict(b.detail),
+                }
+                for p, b in zip(self.project_runs, self.baseline_runs, strict=True)
+            ],
+            "detail": self.detail,
+        }
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values``.
+
+    Raises:
+        ValueError: for no values, or a value that is not a finite number.
+    """
+    if not values:
+        raise ValueError("median of no values")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"non-finite value among {list(values)!r}")
+    return float(statistics.median(values))
+
+
+def ratio(project: float, baseline: float, *, higher_is_better: bool = True) -> float:
+    """``project / baseline`` for rates, ``baseline / project`` for durations.
+
+    Raises:
+        ValueError: when the divisor is not a positive finite number.
+    """
+    numerator, divisor = (project, baseline) if higher_is_better else (baseline, project)
+    if not (math.isfinite(divisor) and divisor > 0) or not math.isfinite(numerator):
+        raise ValueError(f"cannot form a ratio of {project!r} to {baseline!r}")
+    return numerator / divisor
+
+
+def rate(count: int, seconds: float) -> float:
+    """Events per second.
+
+    Raises:
+        ValueError: for a non-positive duration.
+    """
+    if seconds <= 0:
+        raise ValueError(f"non-positive duration {seconds!r}")
+    return count / seconds
+
+
+def interleave(
+    project: Measure, baseline: Measure, repeats: int, *, log: Callable[[str], None] = print
+) -> tuple[list[Sample], list[Sample]]:
+    """Run baseline and project alternately ``repeats`` times each (baseline first)."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    project_runs: list[Sample] = []
+    baseline_runs: list[Sample] = []
+    for index in range(1, repeats + 1):
+        b = baseline()
+        log(f"  run {index}/{repeats}: baseline {b.value:,.1f}")
+        p = project()
+        log(f"  run {index}/{repeats}: project  {p.value:,.1f}")
+        baseline_runs.append(b)
+        project_runs.append(p)
+    return project_runs, baseline_runs
+
+
+# ------------------------------------------------------------------ machine
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, memory and CPU model of this machine, plus OS and kernel."""
+    return {
+        "nproc": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "memory_mib": _memory_mib(),
+        "cpu_model": _cpu_model(),
+        "os": platform.platform(),
+    }
+
+
+def _memory_mib() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemTotal:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) // 1024 if match else None
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else (platform.processor() or "unknown")
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version, or ``"not installed"``."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def mosquitto_version(binary: str) -> str:
+    """What ``mosquitto -h`` reports, or ``"unavailable"``."""
+    try:
+        result = subprocess.run(
+            [binary, "-h"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    match = re.search(r"mosquitto version (\S+)", result.stdout + result.stderr)
+    return match.group(1) if match else "unavailable"
+
+
+def versions(mosquitto_binary: str) -> dict[str, str]:
+    """Versions of everything the figures depend on."""
+    return {
+        "python": platform.python_version(),
+        "paho-mqtt": package_version("paho-mqtt"),
+        "mosquitto": mosquitto_version(mosquitto_binary),
+        "amqtt": package_version("amqtt"),
+        "sqlalchemy": package_version("sqlalchemy"),
+        "cryptography": package_version("cryptography"),
+        "sqlite": _sqlite_version(),
+    }
+
+
+def _sqlite_version() -> str:
+    import sqlite3  # noqa: PLC0415 - only for the version string
+
+    return sqlite3.sqlite_version
+
+
+# ------------------------------------------------------------------ files
+
+
+def write_json(path: Path, results: Sequence[BenchResult]) -> None:
+    """Write ``results.json``: a list of entries, one per benchmark."""
+    _write_atomic(path, json.dumps([r.to_json() for r in results], indent=2) + "\n")
+
+
+def render_markdown(
+    results: Sequence[BenchResult],
+    *,
+    machine: Mapping[str, Any],
+    versions: Mapping[str, str],
+    mode: str,
+    when: datetime | None = None,
+) -> str:
+    """The ``results.md`` text: machine, versions, medians, ratios, every run."""
+    when = when or datetime.now(UTC)
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `bench/run{' --quick' if mode == 'quick' else ''}` "
+        f"on {when.strftime('%Y-%m-%d %H:%M UTC')} ({mode} run). "
+        "Project and baseline are measured in the same run, interleaved; figures are "
+        "medians; ratio = project / baseline for rates (baseline / project for durations), "
+        "so a ratio at or above the target meets the budget.",
+        "",
+        "## Machine",
+        "",
+        f"- nproc: {machine.get('nproc')}",
+        f"- memory: {_fmt_mib(machine.get('memory_mib'))}",
+        f"- CPU: {machine.get('cpu_model')}",
+        f"- OS: {machine.get('os')}",
+        "",
+        "## Versions",
+        "",
+        *(f"- {name}: {version}" for name, version in versions.items()),
+        "",
+        "## Summary",
+        "",
+        "| benchmark | unit | project (median) | baseline (median) | ratio | target | met | runs |",
+        "|---|---|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.unit} | {_fmt(r.project)} | {_fmt(r.baseline)} | "
+            f"{r.ratio:.3f} | {r.target_ratio:g} | {'yes' if r.met else 'NO'} | "
+            f"{len(r.project_runs)} |"
+        )
+    for r in results:
+        lines += ["", f"## {r.name}", ""]
+        if r.description:
+            lines += [r.description, ""]
+        lines += ["| run | project | baseline | ratio |", "|---:|---:|---:|---:|"]
+        for index, (p, b) in enumerate(zip(r.project_runs, r.baseline_runs, strict=True), 1):
+            run_ratio = ratio(p.value, b.value, higher_is_better=r.higher_is_better)
+            lines.append(f"| {index} | {_fmt(p.value)} | {_fmt(b.value)} | {run_ratio:.3f} |")
+        if r.notes:
+            lines += ["", *(f"- {note}" for note in r.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(
+    path: Path,
+    results: Sequence[BenchResult],
+    *,
+    machine: Mapping[str, Any],
+    versions: Mapping[str, str],
+    mode: str,
+    when: datetime | None = None,
+) -> None:
+    """Write ``results.md`` (see :func:`render_markdown`)."""
+    text = render_markdown(results, machine=machine, versions=versions, mode=mode, when=when)
+    _write_atomic(path, text)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:,.3f}"
+
+
+def _fmt_mib(value: Any) -> str:
+    return f"{value:,} MiB" if isinstance(value, int) else "unknown"
+
+
+def _round(value: float, digits: int = 2) -> float:
+    return round(value, digits)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

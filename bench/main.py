@@ -1,0 +1,90 @@
+"""Run every benchmark, print the summary, write ``results.json`` and ``results.md``.
+
+Each benchmark module exposes ``NAME`` and ``run(quick=, repeats=, profile_dir=, say=)``
+returning a :class:`bench.harness.BenchResult`; add new ones to :data:`BENCHMARKS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from bench import harness, manifest_fanout
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+class Benchmark(Protocol):
+    """What a benchmark module provides."""
+
+    NAME: str
+
+    def run(
+        self, *, quick: bool, repeats: int, profile_dir: Path | None, say: Callable[[str], None]
+    ) -> harness.BenchResult: ...
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (manifest_fanout,)  # type: ignore[assignment]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the selected benchmarks, write the result files."""
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=harness.MIN_REPEATS,
+        help=f"runs of project and baseline each (default and minimum {harness.MIN_REPEATS})",
+    )
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="add one cProfile'd project round per benchmark"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR, help="where results.json/results.md go"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < harness.MIN_REPEATS:
+        parser.error(f"--repeats must be at least {harness.MIN_REPEATS} (medians of >= 3 runs)")
+    selected = [b for b in BENCHMARKS if not args.only or b.NAME in args.only]
+    if not selected:
+        parser.error(f"no benchmark named {args.only}; known: {[b.NAME for b in BENCHMARKS]}")
+    mode = "quick" if args.quick else "full"
+    machine = harness.machine_info()
+    versions = harness.versions(manifest_fanout.mosquitto_binary())
+    _say(f"bench ({mode}): {machine['nproc']} CPUs, {machine['cpu_model']}")
+    results = []
+    for bench in selected:
+        _say(f"{bench.NAME}:")
+        started = time.monotonic()
+        result = bench.run(
+            quick=args.quick, repeats=args.repeats, profile_dir=args.profile, say=_say
+        )
+        results.append(result)
+        _say(
+            f"{bench.NAME}: project {result.project:,.1f} {result.unit}, baseline "
+            f"{result.baseline:,.1f} {result.unit}, ratio {result.ratio:.3f} "
+            f"(target {result.target_ratio:g}: {'met' if result.met else 'NOT met'}) "
+            f"[{time.monotonic() - started:.0f}s]"
+        )
+    harness.write_json(args.out / "results.json", results)
+    harness.write_markdown(
+        args.out / "results.md", results, machine=machine, versions=versions, mode=mode
+    )
+    _say(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

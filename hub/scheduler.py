@@ -1,0 +1,83 @@
+"""APScheduler wiring: the hub's periodic jobs.
+
+Jobs are declared in code at start (nothing lives only in memory) and are
+idempotent, so a second hub worker running the same jobs is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.registry import claims, presence
+
+log = logging.getLogger(__name__)
+
+
+def sweep_presence(
+    session_factory: sessionmaker[Session], clock: Callable[[], datetime], stale_after: timedelta
+) -> int:
+    """Mark devices offline whose heartbeats stopped; returns how many changed."""
+    with session_factory() as session:
+        changed = presence.sweep_stale(session, now=clock(), stale_after=stale_after)
+        session.commit()
+    if changed:
+        log.info("presence sweep: %d device(s) marked offline", changed)
+    return changed
+
+
+def purge_claim_nonces(
+    session_factory: sessionmaker[Session], clock: Callable[[], datetime], skew_seconds: int
+) -> int:
+    """Delete claim nonces older than twice the skew window; returns how many."""
+    with session_factory() as session:
+        deleted = claims.purge_nonces(session, now=clock(), skew_seconds=skew_seconds)
+        session.commit()
+    return deleted
+
+
+def build_scheduler(
+    session_factory: sessionmaker[Session],
+    clock: Callable[[], datetime],
+    *,
+    presence_stale_seconds: int,
+    claim_skew_seconds: int,
+    maintenance: Callable[[], None] | None = None,
+    maintenance_interval_seconds: int = 30,
+) -> BackgroundScheduler:
+    """A scheduler with the hub's jobs registered (not yet started)."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    stale_after = timedelta(seconds=presence_stale_seconds)
+    scheduler.add_job(
+        sweep_presence,
+        "interval",
+        seconds=max(5, presence_stale_seconds // 4),
+        args=(session_factory, clock, stale_after),
+        id="presence-sweep",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        purge_claim_nonces,
+        "interval",
+        seconds=max(60, claim_skew_seconds),
+        args=(session_factory, clock, claim_skew_seconds),
+        id="claim-nonce-purge",
+        max_instances=1,
+        coalesce=True,
+    )
+    if maintenance is not None:
+        # Entitlement expiry, seat timeouts, lease renewal, delivery retries.
+        scheduler.add_job(
+            maintenance,
+            "interval",
+            seconds=maintenance_interval_seconds,
+            id="manifest-maintenance",
+            max_instances=1,
+            coalesce=True,
+        )
+    return scheduler

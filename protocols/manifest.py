@@ -1,0 +1,362 @@
+"""The signed feature manifest: what a device may use, until when.
+
+A manifest is a CBOR map signed as COSE_Sign1 (docs/signing.md) with the hub's
+manifest key. This module holds its dataclasses and its wire form; the exact
+layout is specified in ``docs/manifest.md``::
+
+    {0: 1, 1: "manifest", 2: device_id, 3: seq, 4: issued_at, 5: not_after,
+     6: {feature_key: {0: enabled, ? 1: limit, ? 2: cap, ? 3: period, ? 4: overage}}}
+
+:func:`encode_manifest` validates and writes deterministic CBOR,
+:func:`decode_manifest` reads untrusted bytes strictly, :func:`sign_manifest`
+wraps the payload in a tagged COSE_Sign1 (EdDSA) and :func:`verify_manifest`
+verifies one (STRICT profile, EdDSA only) and returns the decoded manifest, or
+raises a :class:`~protocols.errors.ProtocolError`; it never returns a bool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from protocols import cbor, cose
+from protocols.errors import CoseError, MessageError, UnknownKey, UnsupportedVersion
+from protocols.ids import is_valid_id
+
+FeatureKind = Literal["flag", "limit", "metered"]
+OveragePolicy = Literal["block", "allow", "flag"]
+Period = Literal["day", "month"]
+
+MANIFEST_TYPE = "manifest"
+MANIFEST_VERSION = 1
+MAX_FEATURES = 256
+FEATURE_KEY_MAX_LENGTH = 64
+# 256 features with the longest keys and every field at its widest encode to
+# about 27 KiB; the cap leaves room for the COSE envelope and minor additions.
+MAX_MANIFEST_SIZE = 32 * 1024
+MANIFEST_ALGS = frozenset({cose.ALG_EDDSA})
+UINT64_MAX = 2**64 - 1
+
+K_VERSION, K_TYPE, K_DEVICE, K_SEQ, K_ISSUED, K_NOT_AFTER, K_FEATURES = range(7)
+E_ENABLED, E_LIMIT, E_CAP, E_PERIOD, E_OVERAGE = range(5)
+
+_FEATURE_KEY = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PERIODS: frozenset[str] = frozenset(get_args(Period))
+_OVERAGES: frozenset[str] = frozenset(get_args(OveragePolicy))
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureEntry:
+    """One feature as a device must enforce it.
+
+    ``enabled`` says whether the feature may be used at all. ``limit`` is a
+    numeric ceiling (for example the number of users) when the feature has one.
+    Metered features carry ``cap`` units per ``period`` and what to do beyond
+    it (``overage``: ``block`` stops use, ``allow`` keeps going, ``flag`` keeps
+    going and reports the overuse). A ``cap`` always comes with a ``period``;
+    a capped entry without ``overage`` is enforced as ``block``.
+    """
+
+    enabled: bool
+    limit: int | None = None
+    cap: int | None = None
+    period: Period | None = None
+    overage: OveragePolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureManifest:
+    """The per-device manifest before signing.
+
+    ``issued_at`` doubles as the signed time anchor: a device never believes a
+    clock earlier than the latest anchor it has accepted. ``not_after`` is the
+    lease: past it, the device falls back to its safe defaults (nothing enabled)
+    until a fresh manifest arrives.
+    """
+
+    device_id: str
+    seq: int
+    issued_at: int
+    not_after: int
+    features: dict[str, FeatureEntry] = field(default_factory=dict)
+
+
+def _uint(value: Any, what: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError(f"{what}: expected an unsigned integer")
+    if not minimum <= value <= UINT64_MAX:
+        raise MessageError(f"{what}: must be in {minimum}..2^64-1")
+    return value
+
+
+def _choice(value: Any, allowed: frozenset[str], what: str) -> Any:
+    if not isinstance(value, str) or value not in allowed:
+        raise MessageError(f"{what}: must be one of {sorted(allowed)}")
+    return value
+
+
+def _check_feature_key(key: Any) -> str:
+    if not isinstance(key, str) or _FEATURE_KEY.fullmatch(key) is None:
+        raise MessageError(f"invalid feature key {key!r}: 1..64 of [A-Za-z0-9._-]")
+    return key
+
+
+def _check_entry(key: str, entry: FeatureEntry) -> FeatureEntry:
+    """Validate a typed entry (also the last step of decoding one)."""
+    what = f"feature {key!r}"
+    if not isinstance(entry.enabled, bool):
+        raise MessageError(f"{what}.enabled: expected a boolean")
+    if entry.limit is not None:
+        _uint(entry.limit, f"{what}.limit")
+    if entry.cap is not None:
+        _uint(entry.cap, f"{what}.cap")
+        if entry.period is None:
+            raise MessageError(f"{what}: a cap needs a period")
+    if entry.period is not None:
+        _choice(entry.period, _PERIODS, f"{what}.period")
+    if entry.overage is not None:
+        _choice(entry.overage, _OVERAGES, f"{what}.overage")
+    return entry
+
+
+def check_manifest(manifest: FeatureManifest) -> FeatureManifest:
+    """Validate every field of ``manifest`` against the wire rules.
+
+    Returns:
+        ``manifest`` unchanged.
+
+    Raises:
+        MessageError: a field is out of range (see docs/manifest.md).
+    """
+    if not isinstance(manifest.device_id, str) or not is_valid_id(manifest.device_id):
+        raise MessageError(f"invalid device id {manifest.device_id!r}")
+    _uint(manifest.seq, "seq", minimum=1)
+    _uint(manifest.issued_at, "issued_at")
+    _uint(manifest.not_after, "not_after")
+    if manifest.not_after <= manifest.issued_at:
+        raise MessageError("not_after must be later than issued_at")
+    if not isinstance(manifest.features, dict) or len(manifest.features) > MAX_FEATURES:
+        raise MessageError(f"features must be a map of at most {MAX_FEATURES} entries")
+    for key, entry in manifest.features.items():
+        _check_feature_key(key)
+        if not isinstance(entry, FeatureEntry):
+            raise MessageError(f"feature {key!r} is not a FeatureEntry")
+        _check_entry(key, entry)
+    return manifest
+
+
+def _entry_to_wire(entry: FeatureEntry) -> dict[int, Any]:
+    wire: dict[int, Any] = {E_ENABLED: entry.enabled}
+    optional: dict[int, Any] = {
+        E_LIMIT: entry.limit,
+        E_CAP: entry.cap,
+        E_PERIOD: entry.period,
+        E_OVERAGE: entry.overage,
+    }
+    wire.update({number: value for number, value in optional.items() if value is not None})
+    return wire
+
+
+def manifest_to_wire(manifest: FeatureManifest) -> dict[int, Any]:
+    """The CBOR map of a validated manifest (before encoding).
+
+    Raises:
+        MessageError: the manifest breaks a wire rule.
+    """
+    check_manifest(manifest)
+    return {
+        K_VERSION: MANIFEST_VERSION,
+        K_TYPE: MANIFEST_TYPE,
+        K_DEVICE: manifest.device_id,
+        K_SEQ: manifest.seq,
+        K_ISSUED: manifest.issued_at,
+        K_NOT_AFTER: manifest.not_after,
+        K_FEATURES: {key: _entry_to_wire(e) for key, e in manifest.features.items()},
+    }
+
+
+def encode_manifest(manifest: FeatureManifest) -> bytes:
+    """Encode the manifest payload as deterministic CBOR.
+
+    Raises:
+        MessageError: the manifest breaks a wire rule.
+    """
+    return cbor.encode(manifest_to_wire(manifest))
+
+
+def _required(document: dict[Any, Any], number: int, what: str) -> Any:
+    if number not in document:
+        raise MessageError(f"manifest: missing {what} (key {number})")
+    return document[number]
+
+
+def _optional(document: dict[Any, Any], number: int) -> Any:
+    return document.get(number)
+
+
+def _entry_from_wire(key: str, value: Any) -> FeatureEntry:
+    if not isinstance(value, dict):
+        raise MessageError(f"feature {key!r}: entry must be a map")
+    enabled = _required(value, E_ENABLED, f"feature {key!r}.enabled")
+    limit, cap = _optional(value, E_LIMIT), _optional(value, E_CAP)
+    period, overage = _optional(value, E_PERIOD), _optional(value, E_OVERAGE)
+    for name, raw in (("limit", limit), ("cap", cap)):
+        if raw is not None:
+            _uint(raw, f"feature {key!r}.{name}")
+    for name, raw, allowed in (("period", period, _PERIODS), ("overage", overage, _OVERAGES)):
+        if raw is not None:
+            _choice(raw, allowed, f"feature {key!r}.{name}")
+    entry = FeatureEntry(enabled=enabled, limit=limit, cap=cap, period=period, overage=overage)
+    return _check_entry(key, entry)
+
+
+def _features_from_wire(value: Any) -> dict[str, FeatureEntry]:
+    if not isinstance(value, dict):
+        raise MessageError("manifest: features (key 6) must be a map")
+    if len(value) > MAX_FEATURES:
+        raise MessageError(f"manifest: more than {MAX_FEATURES} features")
+    return {_check_feature_key(k): _entry_from_wire(k, v) for k, v in value.items()}
+
+
+def _check_envelope(document: Any) -> dict[Any, Any]:
+    if not isinstance(document, dict):
+        raise MessageError("manifest must be a CBOR map")
+    version = document.get(K_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MessageError("manifest: missing or invalid version (key 0)")
+    if version != MANIFEST_VERSION:
+        raise UnsupportedVersion(f"unsupported manifest version {version}")
+    if document.get(K_TYPE) != MANIFEST_TYPE:
+        raise MessageError(f"expected a {MANIFEST_TYPE!r} document (key 1)")
+    return document
+
+
+def decode_manifest(payload: bytes, *, max_size: int = MAX_MANIFEST_SIZE) -> FeatureManifest:
+    """Decode and validate a manifest payload from untrusted bytes.
+
+    Args:
+        payload: The COSE_Sign1 payload (the manifest map's CBOR encoding).
+        max_size: Size cap, checked before decoding.
+
+    Returns:
+        The validated manifest.
+
+    Raises:
+        DecodeError: not strict CBOR (``PayloadTooLarge`` over ``max_size``).
+        UnsupportedVersion: key 0 is not version 1.
+        MessageError: any other shape or value problem.
+    """
+    document = _check_envelope(cbor.decode(payload, max_size=max_size))
+    device_id = _required(document, K_DEVICE, "device_id")
+    if not isinstance(device_id, str) or not is_valid_id(device_id):
+        raise MessageError(f"manifest: invalid device id {device_id!r}")
+    manifest = FeatureManifest(
+        device_id=device_id,
+        seq=_uint(_required(document, K_SEQ, "seq"), "seq", minimum=1),
+        issued_at=_uint(_required(document, K_ISSUED, "issued_at"), "issued_at"),
+        not_after=_uint(_required(document, K_NOT_AFTER, "not_after"), "not_after"),
+        features=_features_from_wire(_required(document, K_FEATURES, "features")),
+    )
+    return check_manifest(manifest)
+
+
+def sign_manifest(
+    manifest: FeatureManifest, *, kid: bytes, sign: Callable[[bytes], bytes]
+) -> bytes:
+    """Sign ``manifest`` as a tagged COSE_Sign1 with EdDSA.
+
+    Args:
+        manifest: The manifest to sign; validated first.
+        kid: The manifest key's id (unprotected header).
+        sign: Turns the to-be-signed bytes into a 64-byte Ed25519 signature.
+
+    Returns:
+        The encoded ``18([h'a10127', {4: kid}, payload, signature])``.
+
+    Raises:
+        MessageError: the manifest breaks a wire rule or is too large.
+        CoseError: the signer misbehaved.
+    """
+    signed = cose.sign1(encode_manifest(manifest), kid=kid, sign=sign, alg=cose.ALG_EDDSA)
+    if len(signed) > MAX_MANIFEST_SIZE:
+        raise MessageError(f"signed manifest exceeds {MAX_MANIFEST_SIZE} bytes")
+    return signed
+
+
+def verify_manifest(
+    data: bytes, keys: Iterable[cose.CoseKey], *, max_size: int = MAX_MANIFEST_SIZE
+) -> FeatureManifest:
+    """Verify a signed manifest and return its decoded content.
+
+    Checks the size cap, the STRICT COSE profile with EdDSA as the only allowed
+    algorithm and the signature under ``keys``, requires a ``kid`` (the hub
+    always sends one), then decodes the payload. It
+    says nothing about device binding, sequence or expiry: that is the device's
+    trust core (``device_agent.trust``).
+
+    Raises:
+        PayloadTooLarge: ``data`` exceeds ``max_size``.
+        UnsupportedAlgorithm, UnknownKey, SignatureInvalid, CoseError: see
+            :func:`protocols.cose.verify_sign1`; ``UnknownKey`` also when the
+            message carries no ``kid``.
+        DecodeError, UnsupportedVersion, MessageError: the payload is not a
+            valid manifest.
+    """
+    message = cose.verify_sign1(
+        data, keys, profile=cose.Profile.STRICT, allowed_algs=MANIFEST_ALGS, max_size=max_size
+    )
+    if message.payload is None:
+        raise CoseError("a signed manifest carries its payload")
+    if message.kid is None:
+        # The kid is unprotected, so dropping it still verifies against a single
+        # anchor; requiring it means a bit flip there can never pass.
+        raise UnknownKey("a signed manifest must name its key (kid)")
+    return decode_manifest(message.payload, max_size=max_size)
+
+
+def manifest_to_json(manifest: FeatureManifest) -> dict[str, Any]:
+    """A JSON-ready view of a manifest (for tools and APIs); absent fields omitted."""
+    features = {
+        key: {
+            name: value
+            for name, value in (
+                ("enabled", entry.enabled),
+                ("limit", entry.limit),
+                ("cap", entry.cap),
+                ("period", entry.period),
+                ("overage", entry.overage),
+            )
+            if value is not None
+        }
+        for key, entry in sorted(manifest.features.items())
+    }
+    return {
+        "device_id": manifest.device_id,
+        "seq": manifest.seq,
+        "issued_at": manifest.issued_at,
+        "not_after": manifest.not_after,
+        "features": features,
+    }
+
+
+__all__ = [
+    "MANIFEST_ALGS",
+    "MANIFEST_TYPE",
+    "MANIFEST_VERSION",
+    "MAX_FEATURES",
+    "MAX_MANIFEST_SIZE",
+    "FeatureEntry",
+    "FeatureKind",
+    "FeatureManifest",
+    "OveragePolicy",
+    "Period",
+    "check_manifest",
+    "decode_manifest",
+    "encode_manifest",
+    "manifest_to_json",
+    "manifest_to_wire",
+    "sign_manifest",
+    "verify_manifest",
+]
