@@ -66,8 +66,14 @@ def test_agents_reconnect_after_hub_restart(stopped_hub: HubProcess, tmp_path: P
             def devices() -> list[dict]:
                 return api.get("/devices").json()["items"]
 
+            # A heartbeat can mark a device online before its hello lands;
+            # last_connect_at is only set by the hello, so wait for both.
             before = wait_until(
-                lambda: (d := devices()) and all(x["online"] for x in d) and d, 60, what="online"
+                lambda: (d := devices())
+                and all(x["online"] and x["last_connect_at"] for x in d)
+                and d,
+                60,
+                what="online and said hello",
             )
             assert hub.stop() == 0
             hub.start()
@@ -76,7 +82,10 @@ def test_agents_reconnect_after_hub_restart(stopped_hub: HubProcess, tmp_path: P
             def reconnected() -> bool:
                 now = devices()
                 return all(
-                    d["online"] and d["last_connect_at"] > connected_before[d["id"]] for d in now
+                    d["online"]
+                    and d["last_connect_at"] is not None
+                    and d["last_connect_at"] > connected_before[d["id"]]
+                    for d in now
                 )
 
             wait_until(reconnected, 60, what="agents reconnected and said hello")
