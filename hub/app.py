@@ -12,6 +12,7 @@ from hub.billing.router import router as billing_router
 from hub.db.engine import make_engine, make_session_factory
 from hub.entitlements.routers import entitlements_router
 from hub.manifests.router import router as manifests_router
+from hub.plugins import load_plugins
 from hub.registry.routers import registry_router
 from hub.settings import Settings
 
@@ -50,6 +51,9 @@ def create_app(
     api.include_router(manifests_router)
     api.include_router(analytics_router)
     api.include_router(billing_router)
+    for plugin in load_plugins():
+        for router in plugin.routers:
+            api.include_router(router)
     app.include_router(api)
 
     @app.get("/healthz", tags=["health"])

@@ -28,6 +28,7 @@ from hub.entitlements import seats
 from hub.errors import ClaimRefused, HubError
 from hub.manifests import service as manifests
 from hub.mqtt.outbound import Inbound, Outbound
+from hub.plugins import BatchHandler
 from hub.registry import claims, presence
 from protocols import topics
 from protocols.errors import MessageError, ProtocolError
@@ -82,8 +83,10 @@ class InboundRouter:
         manifest_policy: manifests.ManifestPolicy,
         clock: Callable[[], datetime],
         max_payload_bytes: int,
+        handlers: Sequence[BatchHandler] = (),
     ) -> None:
         self._session_factory = session_factory
+        self._handlers = {handler.kind: handler for handler in handlers}
         self._claim_policy = claim_policy
         self._manifest_policy = manifest_policy
         self._clock = clock
@@ -99,6 +102,7 @@ class InboundRouter:
         now = self._clock()
         result = BatchResult(outbound=[])
         acks: list[tuple[str, ManifestAck]] = []
+        pending: dict[str, list[tuple[str, Message]]] = {}
         with self._session_factory() as session:
             for inbound in batch:
                 prepared = self._prepare(inbound, result)
@@ -108,11 +112,41 @@ class InboundRouter:
                     assert isinstance(prepared.message, ManifestAck)
                     acks.append((prepared.device_id, prepared.message))
                     continue
+                handler_kind = self._handler_kind(prepared)
+                if handler_kind is not None:
+                    pending.setdefault(handler_kind, []).append(
+                        (prepared.device_id, prepared.message)
+                    )
+                    continue
                 self._apply_acks(session, acks, now)
+                self._apply_pending(session, pending, now, result)
                 self._handle_one(session, prepared, now, result)
             self._apply_acks(session, acks, now)
+            self._apply_pending(session, pending, now, result)
             session.commit()
         return result
+
+    def _handler_kind(self, prepared: _Prepared) -> str | None:
+        """The plugin handler kind ``prepared`` goes to, if a plugin owns its topic."""
+        parsed = prepared.parsed
+        if isinstance(parsed, topics.DeviceTopic) and parsed.kind in self._handlers:
+            return parsed.kind
+        return None
+
+    def _apply_pending(
+        self,
+        session: Session,
+        pending: dict[str, list[tuple[str, Message]]],
+        now: datetime,
+        out: BatchResult,
+    ) -> None:
+        """Hand each plugin its collected messages from claimed senders, then forget them."""
+        for kind, items in pending.items():
+            claimed = presence.claimed_ids(session, (device_id for device_id, _ in items))
+            accepted = [item for item in items if item[0] in claimed]
+            if accepted:
+                out.outbound.extend(self._handlers[kind].handle(session, accepted, now))
+        pending.clear()
 
     def _prepare(self, inbound: Inbound, out: BatchResult) -> _Prepared | None:
         """Route and decode ``inbound`` (no database); ``None`` when it was dropped or refused."""

@@ -7,12 +7,13 @@ idempotent, so a second hub worker running the same jobs is harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.plugins import PeriodicJob
 from hub.registry import claims, presence
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def build_scheduler(
     claim_skew_seconds: int,
     maintenance: Callable[[], None] | None = None,
     maintenance_interval_seconds: int = 30,
+    jobs: Sequence[PeriodicJob] = (),
 ) -> BackgroundScheduler:
     """A scheduler with the hub's jobs registered (not yet started)."""
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -77,6 +79,15 @@ def build_scheduler(
             "interval",
             seconds=maintenance_interval_seconds,
             id="manifest-maintenance",
+            max_instances=1,
+            coalesce=True,
+        )
+    for job in jobs:
+        scheduler.add_job(
+            job.run,
+            "interval",
+            seconds=job.seconds,
+            id=job.job_id,
             max_instances=1,
             coalesce=True,
         )

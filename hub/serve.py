@@ -14,7 +14,7 @@ import logging
 import secrets
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +37,7 @@ from hub.keys import HubKeys, load_hub_keys
 from hub.manifests.publisher import ManifestPublisher
 from hub.manifests.service import ManifestPolicy, RotationStep
 from hub.mqtt.adapter import HubMqttClient
+from hub.plugins import BatchHandler, HubContext, inbound_handlers, load_plugins, periodic_jobs
 from hub.registry.claims import ClaimPolicy
 from hub.registry.credentials import DbCredentialVerifier, iter_device_password_hashes
 from hub.scheduler import build_scheduler
@@ -122,10 +123,23 @@ async def _serve(settings: Settings) -> None:
             publish=lambda out: clients[0].publish(out),  # noqa: PLW0108
             seat_timeout=timedelta(seconds=settings.seat_timeout_seconds),
         )
-        clients = _mqtt_clients(settings, session_factory, keys, broker, publisher.delivered)
+        plugins = load_plugins()
+        context = HubContext(
+            settings=settings,
+            session_factory=session_factory,
+            keys=keys,
+            clock=utc_now,
+            publish=lambda out: clients[0].publish(list(out)),
+        )
+        clients = _mqtt_clients(
+            context, broker, publisher.delivered, inbound_handlers(plugins, context)
+        )
         for client in clients:
             await asyncio.to_thread(client.start)
             stack.callback(client.stop)
+        for plugin in plugins:
+            if plugin.on_start is not None:
+                plugin.on_start(context)
         scheduler = build_scheduler(
             session_factory,
             utc_now,
@@ -133,12 +147,13 @@ async def _serve(settings: Settings) -> None:
             claim_skew_seconds=settings.claim_skew_seconds,
             maintenance=publisher.maintain,
             maintenance_interval_seconds=settings.maintenance_interval_seconds,
+            jobs=periodic_jobs(plugins, context),
         )
         scheduler.start()
         stack.callback(scheduler.shutdown, wait=False)
         log.info("broker: %s", broker.description)
         log.info("database: %s", make_url(url).render_as_string(hide_password=True))
-        await _run_api(settings, session_factory, clients, broker, publisher)
+        await _run_api(context, clients, broker, publisher)
     log.info("hub stopped")
 
 
@@ -155,18 +170,19 @@ def manifest_policy(settings: Settings, keys: HubKeys) -> ManifestPolicy:
 
 
 def _mqtt_clients(
-    settings: Settings,
-    session_factory: sessionmaker[Session],
-    keys: HubKeys,
+    context: HubContext,
     broker: BrokerHandle,
     on_acknowledged: Callable[[list[str]], None],
+    handlers: Sequence[BatchHandler],
 ) -> list[HubMqttClient]:
+    settings, session_factory, keys = context.settings, context.session_factory, context.keys
     router = InboundRouter(
         session_factory=session_factory,
         claim_policy=ClaimPolicy(anchors=keys.anchors(), skew_seconds=settings.claim_skew_seconds),
         manifest_policy=manifest_policy(settings, keys),
         clock=utc_now,
         max_payload_bytes=settings.max_payload_bytes,
+        handlers=handlers,
     )
 
     def client(
@@ -356,13 +372,14 @@ async def _managed_mosquitto(
 
 
 async def _run_api(
-    settings: Settings,
-    session_factory: sessionmaker[Session],
+    context: HubContext,
     clients: list[HubMqttClient],
     broker: BrokerHandle,
     publisher: ManifestPublisher,
 ) -> None:
-    app = create_app(settings, session_factory=session_factory)
+    settings = context.settings
+    app = create_app(settings, session_factory=context.session_factory)
+    app.state.hub_context = context
     app.state.mqtt_clients = clients
     app.state.device_access_changed = broker.device_access_changed
     app.state.on_devices_changed = publisher.devices_changed

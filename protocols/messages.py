@@ -14,71 +14,26 @@ deterministic CBOR.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from protocols import cbor
+from protocols import cbor, firmware_messages, usage_messages
 from protocols.errors import MessageError, UnsupportedVersion
+from protocols.fields import MAX_TEXT, Message
+from protocols.fields import boolean as _bool
+from protocols.fields import byte_string as _bytes
+from protocols.fields import integer as _int
+from protocols.fields import key as _key
+from protocols.fields import one_of as _one_of
+from protocols.fields import text as _text
+from protocols.fields import uint as _uint
 
 PROTOCOL_VERSION = 1
 KEY_VERSION = 0
 KEY_TYPE = 1
-MAX_TEXT = 256
 MAX_SECRET_TEXT = 128
 MAX_ANCHORS = 8
-UINT64_MAX = 2**64 - 1
-
-
-def _key(number: int, check: Callable[[Any], Any], *, optional: bool = False) -> Any:
-    """Declare a message field carried under CBOR map key ``number``."""
-    meta = {"key": number, "check": check, "optional": optional}
-    if optional:
-        return field(default=None, metadata=meta)
-    return field(metadata=meta)
-
-
-def _text(max_length: int = MAX_TEXT) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise MessageError("expected text")
-        if not 0 < len(value) <= max_length:
-            raise MessageError(f"text length must be 1..{max_length}")
-        if any(unicodedata.category(ch) == "Cc" for ch in value):  # C0, DEL and C1
-            raise MessageError("control character in text")
-        return value
-
-    return check
-
-
-def _bytes(min_length: int, max_length: int) -> Callable[[Any], bytes]:
-    def check(value: Any) -> bytes:
-        if not isinstance(value, bytes):
-            raise MessageError("expected a byte string")
-        if not min_length <= len(value) <= max_length:
-            raise MessageError(f"byte string length must be {min_length}..{max_length}")
-        return value
-
-    return check
-
-
-def _uint(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
-        raise MessageError("expected an unsigned integer")
-    return value
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > UINT64_MAX:
-        raise MessageError("expected an integer")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise MessageError("expected a boolean")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +67,6 @@ def _anchors(value: Any) -> tuple[TrustAnchor, ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_ANCHORS:
         raise MessageError(f"anchors must be an array of 1..{MAX_ANCHORS}")
     return tuple(TrustAnchor.from_wire(item) for item in value)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """Base class: every message knows its type tag and protocol version."""
-
-    TYPE: ClassVar[str] = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,15 +166,6 @@ class Status(Message):
     online: bool = _key(2, _bool)
 
 
-def _one_of(*allowed: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise MessageError(f"must be one of {', '.join(allowed)}")
-        return str(value)
-
-    return check
-
-
 MAX_SIGNED_DOCUMENT = 32 * 1024
 MAX_ROTATIONS = 16
 
@@ -285,22 +224,25 @@ class SeatReply(Message):
     reason: str = _key(5, _text(64))
 
 
-MESSAGE_TYPES: Mapping[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        ClaimRequest,
-        ClaimAccepted,
-        ErrorReply,
-        Hello,
-        State,
-        Status,
-        ManifestDelivery,
-        ManifestAck,
-        RotationDelivery,
-        SeatRequest,
-        SeatReply,
-    )
-}
+_CORE_MESSAGES: tuple[type[Message], ...] = (
+    ClaimRequest,
+    ClaimAccepted,
+    ErrorReply,
+    Hello,
+    State,
+    Status,
+    ManifestDelivery,
+    ManifestAck,
+    RotationDelivery,
+    SeatRequest,
+    SeatReply,
+)
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    *_CORE_MESSAGES,
+    *usage_messages.MESSAGES,
+    *firmware_messages.MESSAGES,
+)
+MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}
 
 M = TypeVar("M", bound=Message)
 

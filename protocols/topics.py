@@ -36,6 +36,8 @@ class UpKind(StrEnum):
     STATUS = "status"
     MANIFEST_ACK = "manifest_ack"
     SEAT = "seat"
+    USAGE = "usage"
+    FIRMWARE = "firmware"
 
 
 class DownKind(StrEnum):
@@ -46,6 +48,8 @@ class DownKind(StrEnum):
     MANIFEST = "manifest"
     ROTATION = "rotation"
     SEAT = "seat"
+    USAGE_ACK = "usage_ack"
+    FIRMWARE = "firmware"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from hub.db.engine import make_engine
 
@@ -26,16 +27,25 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` up to ``revision`` (default: the latest)."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Bring the database at ``url`` up to ``revision`` (default: every head).
+
+    Feature packages (telemetry, firmware) each branch from the core chain, so
+    the schema may have several heads until a merge revision joins them.
+    """
     command.upgrade(alembic_config(url), revision)
 
 
-def current_revision(url: str) -> str | None:
-    """The revision the database at ``url`` is at, or ``None`` if unmanaged."""
+def current_revisions(url: str) -> frozenset[str]:
+    """The revisions (one per branch head) the database at ``url`` is at; empty if unmanaged."""
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return frozenset(MigrationContext.configure(connection).get_current_heads())
     finally:
         engine.dispose()
+
+
+def head_revisions(url: str) -> frozenset[str]:
+    """The heads of the packaged migrations: where :func:`upgrade` brings a database."""
+    return frozenset(ScriptDirectory.from_config(alembic_config(url)).get_heads())

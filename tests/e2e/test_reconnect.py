@@ -69,9 +69,9 @@ def test_agents_reconnect_after_hub_restart(stopped_hub: HubProcess, tmp_path: P
             # A heartbeat can mark a device online before its hello lands;
             # last_connect_at is only set by the hello, so wait for both.
             before = wait_until(
-                lambda: (d := devices())
-                and all(x["online"] and x["last_connect_at"] for x in d)
-                and d,
+                lambda: (
+                    (d := devices()) and all(x["online"] and x["last_connect_at"] for x in d) and d
+                ),
                 60,
                 what="online and said hello",
             )

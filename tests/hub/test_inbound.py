@@ -121,7 +121,7 @@ def test_mixed_batch(fleet: Fleet, session_factory: sessionmaker[Session], clock
         Inbound(topics.claim_request(wrong_type_cid), hello()),
         Inbound("some/other/tree", hello()),
         Inbound("d/not-a-device/up/hello", hello()),
-        Inbound(f"d/{alpha}/up/firmware", hello()),
+        Inbound(f"d/{alpha}/up/no_such_kind", hello()),
         Inbound(
             topics.claim_request(refused_cid),
             encode_message(

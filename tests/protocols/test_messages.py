@@ -14,6 +14,7 @@ from protocols.errors import (
     UnsupportedVersion,
 )
 from protocols.messages import (
+    ALL_MESSAGES,
     MESSAGE_TYPES,
     ClaimAccepted,
     ClaimRequest,
@@ -31,6 +32,8 @@ from protocols.messages import (
     decode_message,
     encode_message,
 )
+from tests.protocols.strategies.firmware import FIRMWARE_STRATEGIES
+from tests.protocols.strategies.usage import USAGE_STRATEGIES
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
 texts = st.text(
@@ -93,11 +96,19 @@ STRATEGIES = {
         granted=st.booleans(),
         reason=texts,
     ),
+    **USAGE_STRATEGIES,
+    **FIRMWARE_STRATEGIES,
 }
 
 
 def test_every_message_type_has_a_strategy():
     assert set(STRATEGIES) == set(MESSAGE_TYPES.values())
+
+
+def test_type_tags_are_unique_across_message_modules():
+    tags = [cls.TYPE for cls in ALL_MESSAGES]
+    assert len(tags) == len(set(tags)), tags
+    assert all(tags)
 
 
 @pytest.mark.parametrize("cls", list(STRATEGIES), ids=lambda c: c.__name__)
