@@ -1,12 +1,15 @@
 """Run every benchmark, print the summary, write ``results.json`` and ``results.md``.
 
 Each benchmark module exposes ``NAME`` and ``run(quick=, repeats=, profile_dir=, say=)``
-returning a :class:`bench.harness.BenchResult`; add new ones to :data:`BENCHMARKS`.
+returning a :class:`bench.harness.BenchResult`; every module of the ``bench`` package
+that does is found by :func:`discover` (sorted by name), so a new benchmark is one file.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +31,21 @@ class Benchmark(Protocol):
     ) -> harness.BenchResult: ...
 
 
-BENCHMARKS: tuple[Benchmark, ...] = (manifest_fanout,)  # type: ignore[assignment]
+def discover() -> tuple[Benchmark, ...]:
+    """Every module of the ``bench`` package that defines ``NAME`` and ``run``."""
+    found: list[Benchmark] = []
+    for info in sorted(pkgutil.iter_modules([str(BENCH_DIR)]), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name in _NOT_BENCHMARKS:
+            continue
+        module = importlib.import_module(f"bench.{info.name}")
+        is_benchmark = isinstance(getattr(module, "NAME", None), str)
+        if is_benchmark and callable(getattr(module, "run", None)):
+            found.append(module)  # type: ignore[arg-type]
+    return tuple(found)
+
+
+_NOT_BENCHMARKS = frozenset({"main", "harness"})
+BENCHMARKS: tuple[Benchmark, ...] = discover()
 
 
 def _say(text: str) -> None:

@@ -13,10 +13,11 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from device_agent.components import ComponentContext, SessionComponent, default_components
 from device_agent.config import AgentConfig
 from device_agent.errors import AgentError, ClaimFailed, NotAuthorized, StateError, TransportError
 from device_agent.features import Features
@@ -62,12 +63,14 @@ class AgentRunner:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         stop: threading.Event | None = None,
+        components: Callable[[ComponentContext], Sequence[SessionComponent]] = default_components,
     ) -> None:
         self.config = config
         self.store = IdentityStore(config.state_dir)
         self._transport_factory = transport_factory
         self._clock = clock
         self._stop = stop or threading.Event()
+        self._components = components
         rng = rng or random.Random(secrets.randbits(64))  # noqa: S311 - jitter, not crypto
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds, rng)
         self.session: DeviceSession | None = None
@@ -86,6 +89,15 @@ class AgentRunner:
             boot_epoch=boot_epoch,
             trust=self.trust,
             seat_products=self.config.seat_products,
+            components=self._components(
+                ComponentContext(
+                    config=self.config,
+                    identity=identity,
+                    trust=self.trust,
+                    state_dir=self.config.state_dir,
+                    clock=self._clock,
+                )
+            ),
         )
         while not self._stop.is_set():
             try:
@@ -182,7 +194,7 @@ class AgentRunner:
         try:
             for topic_filter in session.subscriptions():
                 transport.subscribe(topic_filter)
-            for message in session.on_connected():
+            for message in session.on_connected(now=int(self._clock())):
                 transport.publish(message)
             self._backoff.reset()
             log.info("online as %s", identity.device_id)
@@ -203,6 +215,8 @@ class AgentRunner:
                 now = int(self._clock())
                 for message in session.on_message(incoming.topic, incoming.payload, now=now):
                     transport.publish(message)
+            for message in session.tick(now=int(self._clock())):
+                transport.publish(message)
             if self._clock() >= next_beat:
                 for message in session.heartbeat():
                     transport.publish(message)

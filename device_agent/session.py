@@ -7,13 +7,15 @@ simulator) feeds in ``now`` and incoming payloads and publishes what comes out.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from device_agent.components import SessionComponent
 from device_agent.errors import ClaimFailed, StateError
 from device_agent.identity import Identity, public_key_bytes
+from device_agent.outgoing import Outgoing
 from device_agent.trust import Accepted, Rollback, TrustedState, TrustError
 from protocols import topics
 from protocols.errors import ProtocolError
@@ -24,6 +26,7 @@ from protocols.messages import (
     Hello,
     ManifestAck,
     ManifestDelivery,
+    Message,
     RotationDelivery,
     SeatReply,
     SeatRequest,
@@ -35,15 +38,6 @@ from protocols.messages import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One MQTT publish the caller should perform."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
 
 
 def build_claim(
@@ -112,6 +106,7 @@ class DeviceSession:
         boot_epoch: int,
         trust: TrustPort | None = None,
         seat_products: tuple[str, ...] = (),
+        components: Sequence[SessionComponent] = (),
     ) -> None:
         self.identity = identity
         self.agent_version = agent_version
@@ -121,6 +116,7 @@ class DeviceSession:
         self.held_seats: set[str] = set()
         self.last_state: State | None = None
         self.last_error: ErrorReply | None = None
+        self.components = list(components)
 
     @property
     def manifest_seq(self) -> int:
@@ -140,8 +136,8 @@ class DeviceSession:
         """The last will: the broker publishes it when we vanish ungracefully."""
         return self._status(online=False)
 
-    def on_connected(self) -> list[Outgoing]:
-        """Announce presence, ask the hub for our state, and ask for our seats."""
+    def on_connected(self, *, now: int = 0) -> list[Outgoing]:
+        """Announce presence, ask for our state and seats, then let components resume."""
         hello = Hello(
             agent_version=self.agent_version,
             manifest_seq=self.manifest_seq,
@@ -151,7 +147,17 @@ class DeviceSession:
             topics.device_up(self.device_id, topics.UpKind.HELLO), encode_message(hello)
         )
         checkouts = [self._seat("checkout", product) for product in self.seat_products]
-        return [self._status(online=True), hello_out, *checkouts]
+        out = [self._status(online=True), hello_out, *checkouts]
+        for component in self.components:
+            out.extend(component.on_connected(now=now))
+        return out
+
+    def tick(self, *, now: int) -> list[Outgoing]:
+        """Periodic work of the components while connected."""
+        out: list[Outgoing] = []
+        for component in self.components:
+            out.extend(component.tick(now=now))
+        return out
 
     def heartbeat(self) -> list[Outgoing]:
         """Presence, a heartbeat for each held seat, another try for each missing one."""
@@ -197,7 +203,15 @@ class DeviceSession:
             self.last_error = message
             log.warning("hub refused %s: %s: %s", message.ref, message.code, message.message)
         else:
-            log.warning("unexpected %s message on %s", message.TYPE, topic)
+            return self._to_components(message, topic, now)
+        return []
+
+    def _to_components(self, message: Message, topic: str, now: int) -> list[Outgoing]:
+        for component in self.components:
+            handled = component.on_message(message, now=now)
+            if handled is not None:
+                return handled
+        log.warning("unexpected %s message on %s", message.TYPE, topic)
         return []
 
     def _on_manifest(self, signed: bytes, now: int) -> list[Outgoing]:

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_agent.errors import NotAuthorized, TransportError
-from device_agent.session import Outgoing
+from device_agent.outgoing import Outgoing
 
 _CONNECT_TIMEOUT = 10.0
 _ACK_TIMEOUT = 10.0

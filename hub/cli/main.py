@@ -10,7 +10,9 @@ import typer
 from hub.cli.analytics import analytics_app
 from hub.cli.billing import billing_app
 from hub.cli.entitlements import entitlements_app
+from hub.cli.firmware import firmware_app
 from hub.cli.registry import registry_app, tenant_app
+from hub.cli.usage import usage_app
 from hub.errors import HubError
 from hub.settings import BrokerKind, load_settings
 
@@ -21,6 +23,8 @@ keys_app = typer.Typer(help="The hub's signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(analytics_app, name="analytics")
 app.add_typer(billing_app, name="billing")
+app.add_typer(firmware_app, name="firmware")
+app.add_typer(usage_app, name="usage")
 app.add_typer(tenant_app, name="tenant")
 for group in (*registry_app.registered_groups, *entitlements_app.registered_groups):
     app.add_typer(group.typer_instance, name=group.name)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Usage metering on the device: record, buffer durably, publish, delete on ack."""

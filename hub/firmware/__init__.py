@@ -1,0 +1,1 @@
+"""Firmware catalogue, delivery and rollouts (issue #4)."""

@@ -1,0 +1,1 @@
+"""Usage ingestion, meters and usage queries (issue #5)."""
