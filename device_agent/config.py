@@ -28,7 +28,8 @@ Example::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ class AgentConfig:
     reconnect_max_seconds: float = 30.0
     agent_version: str = "0.1.0"
     seat_products: tuple[str, ...] = ()
+    # Tables the core does not read ([metering], [firmware], ...): each
+    # session component validates its own (see device_agent.components).
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -92,7 +96,11 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> AgentConfig:
         reconnect_min_seconds=_float(agent, "reconnect_min_seconds", 0.5),
         reconnect_max_seconds=_float(agent, "reconnect_max_seconds", 30.0),
         seat_products=_products(_table(raw, "seats")),
+        sections={name: _table(raw, name) for name in raw if name not in _CORE_TABLES},
     )
+
+
+_CORE_TABLES = frozenset({"device", "claim", "broker", "seats", "agent"})
 
 
 def _products(seats: dict[str, Any]) -> tuple[str, ...]:
