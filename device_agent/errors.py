@@ -28,9 +28,10 @@ class StateError(AgentError):
 class ClaimFailed(AgentError):
     """The hub refused the claim; ``code`` is the hub's error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, server_time: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.server_time = server_time
 
 
 class TransportError(AgentError):

@@ -71,6 +71,7 @@ class AgentRunner:
         self._clock = clock
         self._stop = stop or threading.Event()
         self._components = components
+        self._claim_clock_offset = 0
         rng = rng or random.Random(secrets.randbits(64))  # noqa: S311 - jitter, not crypto
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds, rng)
         self.session: DeviceSession | None = None
@@ -134,6 +135,7 @@ class AgentRunner:
                 identity = self._claim_once(key)
             except ClaimFailed as exc:
                 log.error("claim refused: %s", exc)
+                self._correct_claim_clock(exc)
             except (TransportError, ProtocolError) as exc:
                 log.warning("claim attempt failed: %s", exc)
             else:
@@ -143,6 +145,18 @@ class AgentRunner:
                 return identity
             self._pause()
         return None
+
+    def _correct_claim_clock(self, refusal: ClaimFailed) -> None:
+        """After ``stale_request``, sign the next claim with the hub's time.
+
+        A device whose clock is off (no RTC battery, factory default date)
+        could otherwise never claim. The offset is only used for the claim's
+        timestamp; it never touches the trust core's clock.
+        """
+        if refusal.code == "stale_request" and refusal.server_time is not None:
+            self._claim_clock_offset = refusal.server_time - int(self._clock())
+            offset = self._claim_clock_offset
+            log.warning("claim clock corrected by %+d s from the hub's time", offset)
 
     def _device_key(self) -> Ed25519PrivateKey:
         if self.config.claim_key_file is not None:
@@ -169,7 +183,7 @@ class AgentRunner:
                 key=key,
                 token=self.config.claim_token,
                 nonce=secrets.token_bytes(16),
-                now=int(self._clock()),
+                now=int(self._clock()) + self._claim_clock_offset,
             )
             transport.publish(request)
             reply = transport.receive(CLAIM_REPLY_TIMEOUT)

@@ -72,7 +72,7 @@ def read_claim_reply(payload: bytes) -> Identity:
     """
     message = decode_message(payload)
     if isinstance(message, ErrorReply):
-        raise ClaimFailed(message.code, message.message)
+        raise ClaimFailed(message.code, message.message, server_time=message.server_time)
     if not isinstance(message, ClaimAccepted):
         raise ClaimFailed("unexpected_reply", f"got a {message.TYPE!r} message")
     return Identity.from_claim(message)

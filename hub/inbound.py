@@ -196,7 +196,8 @@ class InboundRouter:
         except ClaimRefused as exc:
             assert isinstance(parsed, topics.ClaimTopic)
             self._refuse_claim(session, parsed, topic, exc, now)
-            out.outbound.append(_error(reply_topic, exc.code, str(exc), topic))
+            clock = int(now.timestamp()) if exc.code == "stale_request" else None
+            out.outbound.append(_error(reply_topic, exc.code, str(exc), topic, server_time=clock))
         except (ProtocolError, HubError) as exc:
             log.warning("rejected message on %s: %s: %s", topic, exc.code, exc)
             out.outbound.append(_error(reply_topic, exc.code, str(exc), topic))
@@ -327,9 +328,14 @@ def _reply_topic(parsed: topics.DeviceTopic | topics.ClaimTopic) -> str:
     return topics.device_down(parsed.device_id, topics.DownKind.ERROR)
 
 
-def _error(topic: str, code: str, message: str, ref: str) -> Outbound:
+def _error(
+    topic: str, code: str, message: str, ref: str, *, server_time: int | None = None
+) -> Outbound:
     reply = ErrorReply(
-        code=_printable(code, 64), message=_printable(message or code, 256), ref=ref[:256]
+        code=_printable(code, 64),
+        message=_printable(message or code, 256),
+        ref=ref[:256],
+        server_time=server_time,
     )
     return Outbound(topic, encode_message(reply))
 

@@ -136,6 +136,9 @@ class ErrorReply(Message):
     code: str = _key(2, _text(64))
     message: str = _key(3, _text(MAX_TEXT))
     ref: str | None = _key(4, _text(MAX_TEXT), optional=True)
+    # The hub's clock (Unix seconds) on refusals caused by the sender's clock,
+    # e.g. ``stale_request``, so a device with a wrong clock can correct it.
+    server_time: int | None = _key(5, _uint, optional=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_agent.config import parse_config
 from device_agent.errors import ClaimFailed, ConfigError, StateError
 from device_agent.identity import Identity, IdentityStore, public_key_bytes
-from device_agent.runner import Backoff
+from device_agent.outgoing import Outgoing
+from device_agent.runner import AgentRunner, Backoff
 from device_agent.session import DeviceSession, build_claim, read_claim_reply
 from device_agent.storage import atomic_write, read_optional
+from device_agent.transport import Incoming
 from protocols import topics
 from protocols.errors import ProtocolError
 from protocols.messages import (
@@ -171,3 +173,61 @@ def test_state_dir_unwritable_is_a_state_error(tmp_path: Path):
     blocker.write_text("x")
     with pytest.raises(StateError):
         atomic_write(blocker / "sub" / "f", b"x")
+
+
+class _ClaimHub:
+    """A scripted claim broker: refuses the first claim as stale, accepts the next."""
+
+    def __init__(self, hub_time: int) -> None:
+        self.hub_time = hub_time
+        self.claims: list[ClaimRequest] = []
+        self._reply: bytes | None = None
+
+    def __call__(self) -> "_ClaimHub":
+        return self
+
+    def connect(self, **_: object) -> None:
+        return None
+
+    def subscribe(self, topic_filter: str) -> None:
+        return None
+
+    def publish(self, message: Outgoing) -> None:
+        request = decode_as(ClaimRequest, message.payload)
+        self.claims.append(request)
+        if abs(request.ts - self.hub_time) > 300:
+            refusal = ErrorReply(code="stale_request", message="x", server_time=self.hub_time)
+            self._reply = encode_message(refusal)
+        else:
+            accepted = ClaimAccepted(
+                device_id=DEV, mqtt_username=DEV, mqtt_password="pw", anchors=(ANCHOR,),
+                server_time=self.hub_time,
+            )  # fmt: skip
+            self._reply = encode_message(accepted)
+
+    def receive(self, timeout: float) -> Incoming | None:
+        reply, self._reply = self._reply, None
+        return Incoming("claim/x/res", reply) if reply is not None else None
+
+    @property
+    def is_connected(self) -> bool:
+        return True
+
+    def disconnect(self) -> None:
+        return None
+
+
+def test_claim_with_a_wrong_clock_is_retried_with_the_hubs_time(tmp_path: Path) -> None:
+    config = parse_config(
+        {"device": {"serial": "SN-CLK"}, "claim": {"token": "hubc_x"},
+         "agent": {"reconnect_min_seconds": 0.001, "reconnect_max_seconds": 0.002}},
+        base=tmp_path,
+    )  # fmt: skip
+    device_clock = 1_000_000_000  # years behind the hub: no RTC battery
+    hub = _ClaimHub(hub_time=1_800_000_000)
+    runner = AgentRunner(config, transport_factory=hub, clock=lambda: float(device_clock))
+    identity = runner._claim_until_done()
+    assert identity is not None and identity.device_id == DEV
+    first, second = hub.claims
+    assert first.ts == device_clock
+    assert second.ts == hub.hub_time  # corrected by the refusal's server_time

@@ -205,6 +205,12 @@ def test_mixed_batch(fleet: Fleet, session_factory: sessionmaker[Session], clock
         "stale_request",
     )
     assert refusals(session_factory, accepted_cid) == []
+    # Only a refusal caused by the sender's clock carries the hub's time.
+    server_times = {
+        topic: message.server_time for topic, message in got if isinstance(message, ErrorReply)
+    }
+    assert server_times[topics.claim_response(stale_cid)] == int(now.timestamp())
+    assert server_times[topics.claim_response(refused_cid)] is None
 
 
 def test_refusal_of_known_device_is_audited_for_its_tenant(

@@ -69,7 +69,9 @@ STRATEGIES = {
         anchors=st.lists(anchors, min_size=1, max_size=8).map(tuple),
         server_time=uints,
     ),
-    ErrorReply: st.builds(ErrorReply, code=texts, message=texts, ref=st.none() | texts),
+    ErrorReply: st.builds(
+        ErrorReply, code=texts, message=texts, ref=st.none() | texts, server_time=st.none() | uints
+    ),
     Hello: st.builds(Hello, agent_version=texts, manifest_seq=uints, boot_epoch=uints),
     State: st.builds(State, device_id=ids, server_time=uints, manifest_seq=uints),
     Status: st.builds(Status, online=st.booleans()),
