@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from hub.plugins import HubPlugin
 
-PLUGIN = HubPlugin(name="telemetry")
+PLUGIN = HubPlugin(name="telemetry", models_module="hub.telemetry.models")
