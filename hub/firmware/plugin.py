@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from hub.plugins import HubPlugin
 
-PLUGIN = HubPlugin(name="firmware")
+PLUGIN = HubPlugin(name="firmware", models_module="hub.firmware.tables")

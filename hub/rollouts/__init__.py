@@ -1,0 +1,1 @@
+"""Firmware rollouts: targets, waves, thresholds, windows, per-device jobs (issue #4)."""
