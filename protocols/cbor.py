@@ -18,6 +18,7 @@ definite lengths, map keys sorted bytewise by their encoded form.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -201,57 +202,148 @@ def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
         raise MessageError(f"value cannot be encoded as CBOR: {exc}") from exc
 
 
+def encode_bstr(value: bytes) -> bytes:
+    """Encode one byte string (head and content): ``encode(value)`` without the dispatch.
+
+    For callers that assemble a fixed layout around opaque bytes (COSE).
+    """
+    return _head(_MAJOR_BSTR, len(value)) + value
+
+
+# The encoder dispatches on the exact type (the common case) and falls back to
+# isinstance checks for subclasses (IntEnum, StrEnum, NamedTuple, OrderedDict...),
+# which encode as their base type. Heads are looked up or packed, never built
+# byte by byte: this codec signs every manifest of a fleet-wide change.
+
+
 def _encode(value: Any, depth: int) -> bytes:
-    if isinstance(value, (list, tuple, dict, Tag)):
-        if depth < 1:
-            raise MessageError("value nests deeper than the CBOR depth limit")
-        return _encode_container(value, depth - 1)
-    return _encode_scalar(value)
+    encoder = _BY_TYPE.get(type(value))
+    if encoder is None:
+        return _encode_subclass(value, depth)
+    return encoder(value, depth)
 
 
-def _encode_scalar(value: object) -> bytes:
-    # bool before int: bool is an int subclass. Other subclasses (IntEnum,
-    # StrEnum) encode as their base type.
-    if value is None:
-        return b"\xf6"
-    if isinstance(value, bool):
-        return b"\xf5" if value else b"\xf4"
-    if isinstance(value, int):
-        if value >= 0:
-            return _head(_MAJOR_UINT, value)
-        return _head(_MAJOR_NINT, -1 - value)
-    if isinstance(value, (bytes, str)):
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        major = _MAJOR_TSTR if isinstance(value, str) else _MAJOR_BSTR
-        return _head(major, len(raw)) + raw
-    if isinstance(value, float):
-        # cbor2's canonical mode picks the shortest float that keeps the value.
-        return bytes(cbor2.dumps(float(value), canonical=True))
-    raise MessageError(f"cannot encode {type(value).__name__} as CBOR")
+def _encode_none(_value: None, _depth: int) -> bytes:
+    return b"\xf6"
 
 
-def _encode_container(value: Any, depth: int) -> bytes:
-    if isinstance(value, Tag):
-        if not isinstance(value.tag, int) or isinstance(value.tag, bool):
-            raise MessageError("a tag number must be an int")
-        return _head(_MAJOR_TAG, value.tag) + _encode(value.value, depth)
-    if isinstance(value, dict):
-        pairs = sorted((_encode_key(key), _encode(item, depth)) for key, item in value.items())
-        return _head(_MAJOR_MAP, len(pairs)) + b"".join(key + item for key, item in pairs)
-    return _head(_MAJOR_ARRAY, len(value)) + b"".join(_encode(item, depth) for item in value)
+def _encode_bool(value: bool, _depth: int) -> bytes:
+    return b"\xf5" if value else b"\xf4"
+
+
+def _encode_int(value: int, _depth: int) -> bytes:
+    if value >= 0:
+        return _head(_MAJOR_UINT, value)
+    return _head(_MAJOR_NINT, -1 - value)
+
+
+def _encode_str(value: str, _depth: int) -> bytes:
+    raw = value.encode("utf-8")
+    return _head(_MAJOR_TSTR, len(raw)) + raw
+
+
+def _encode_bytes(value: bytes, _depth: int) -> bytes:
+    return _head(_MAJOR_BSTR, len(value)) + value
+
+
+def _encode_float(value: float, _depth: int) -> bytes:
+    # cbor2's canonical mode picks the shortest float that keeps the value.
+    return bytes(cbor2.dumps(float(value), canonical=True))
+
+
+def _too_deep() -> MessageError:
+    return MessageError("value nests deeper than the CBOR depth limit")
+
+
+def _encode_array(value: list[Any] | tuple[Any, ...], depth: int) -> bytes:
+    if depth < 1:
+        raise _too_deep()
+    depth -= 1
+    return _head(_MAJOR_ARRAY, len(value)) + b"".join([_encode(item, depth) for item in value])
+
+
+def _encode_map(value: dict[Any, Any], depth: int) -> bytes:
+    if depth < 1:
+        raise _too_deep()
+    depth -= 1
+    # Distinct keys have distinct encodings, so sorting the pairs sorts the keys.
+    pairs = sorted([(_encode_key(key), _encode(item, depth)) for key, item in value.items()])
+    return _head(_MAJOR_MAP, len(pairs)) + b"".join([key + item for key, item in pairs])
+
+
+def _encode_tag(value: Tag, depth: int) -> bytes:
+    if depth < 1:
+        raise _too_deep()
+    if not isinstance(value.tag, int) or isinstance(value.tag, bool):
+        raise MessageError("a tag number must be an int")
+    return _head(_MAJOR_TAG, value.tag) + _encode(value.value, depth - 1)
 
 
 def _encode_key(key: Any) -> bytes:
+    kind = type(key)
+    if kind is str:
+        return _encode_str(key, 0)
+    if kind is int:
+        return _encode_int(key, 0)
     if not isinstance(key, _KEY_TYPES) or isinstance(key, bool):
-        raise MessageError(f"map key of type {type(key).__name__} is not allowed")
-    return _encode(key, 0)
+        raise MessageError(f"map key of type {kind.__name__} is not allowed")
+    return _encode_subclass(key, 0)
+
+
+def _encode_subclass(value: Any, depth: int) -> bytes:
+    for base, encoder in _BY_BASE_TYPE:
+        if isinstance(value, base):
+            return encoder(value, depth)
+    raise MessageError(f"cannot encode {type(value).__name__} as CBOR")
+
+
+def _encode_bytes_subclass(value: bytes, depth: int) -> bytes:
+    return _encode_bytes(bytes(value), depth)
+
+
+_BY_TYPE: dict[type, Callable[[Any, int], bytes]] = {
+    type(None): _encode_none,
+    bool: _encode_bool,
+    int: _encode_int,
+    str: _encode_str,
+    bytes: _encode_bytes,
+    float: _encode_float,
+    list: _encode_array,
+    tuple: _encode_array,
+    dict: _encode_map,
+    Tag: _encode_tag,
+}
+
+# Subclasses encode as their base type; containers before scalars and Tag before
+# dict, the order of the data model. bool is final: no subclass reaches here.
+_BY_BASE_TYPE: tuple[tuple[type, Callable[[Any, int], bytes]], ...] = (
+    (Tag, _encode_tag),
+    (dict, _encode_map),
+    (list, _encode_array),
+    (tuple, _encode_array),
+    (int, _encode_int),
+    (str, _encode_str),
+    (bytes, _encode_bytes_subclass),
+    (float, _encode_float),
+)
+
+# Heads of arguments 0..255 for every major type, and packers for the longer forms.
+_SHORT_HEADS = tuple(
+    tuple(bytes([major << 5 | n]) if n < 24 else bytes([major << 5 | 24, n]) for n in range(256))
+    for major in range(8)
+)
+_PACK_2 = struct.Struct(">BH").pack
+_PACK_4 = struct.Struct(">BI").pack
+_PACK_8 = struct.Struct(">BQ").pack
 
 
 def _head(major: int, argument: int) -> bytes:
+    if 0 <= argument < 256:
+        return _SHORT_HEADS[major][argument]
     if argument < 0 or argument >= _UINT_LIMIT:
         raise MessageError(f"{argument} is outside the CBOR 64-bit argument range")
-    if argument < 24:
-        return bytes([major << 5 | argument])
-    size = next(n for n in (1, 2, 4, 8) if argument < 1 << (8 * n))
-    info = 23 + size.bit_length()  # 1, 2, 4, 8 bytes -> additional info 24..27
-    return bytes([major << 5 | info]) + argument.to_bytes(size, "big")
+    if argument < 0x10000:
+        return _PACK_2(major << 5 | 25, argument)
+    if argument < 0x1_0000_0000:
+        return _PACK_4(major << 5 | 26, argument)
+    return _PACK_8(major << 5 | 27, argument)

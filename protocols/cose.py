@@ -200,7 +200,25 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
         The deterministic encoding of
         ``["Signature1", protected, external_aad, payload]``.
     """
+    if type(protected) is bytes and type(payload) is bytes and type(external_aad) is bytes:
+        # The fixed layout, as cbor.encode would write it.
+        return b"".join(
+            (
+                _SIG_STRUCTURE_HEAD,
+                cbor.encode_bstr(protected),
+                cbor.encode_bstr(external_aad),
+                cbor.encode_bstr(payload),
+            )
+        )
     return cbor.encode(["Signature1", protected, external_aad, payload])
+
+
+# 4-item array head and the context string "Signature1".
+_SIG_STRUCTURE_HEAD = b"\x84" + cbor.encode("Signature1")
+# Tag 18 and the 4-item array head of a COSE_Sign1; {4: kid} opens with a 1-pair map.
+_SIGN1_HEAD = cbor.encode(cbor.Tag(COSE_SIGN1_TAG, []))[:1] + b"\x84"
+_KID_MAP_HEAD = b"\xa1" + cbor.encode(HDR_KID)
+_PROTECTED = {alg: cbor.encode({HDR_ALG: alg}) for alg in SUPPORTED_ALGS}
 
 
 def sign1(
@@ -224,7 +242,8 @@ def sign1(
         detached: Send ``nil`` in place of the payload.
 
     Returns:
-        The encoded ``18([protected, {4: kid}, payload / nil, signature])``.
+        The encoded ``18([protected, {4: kid}, payload / nil, signature])``,
+        byte for byte what ``cbor.encode`` gives for that structure.
 
     Raises:
         UnsupportedAlgorithm: ``alg`` is not supported.
@@ -234,12 +253,21 @@ def sign1(
         raise UnsupportedAlgorithm(f"cannot sign with alg {alg}")
     if not all(isinstance(part, bytes) for part in (payload, kid, external_aad)):
         raise CoseError("payload, kid and external_aad must be bytes")
-    protected = cbor.encode({HDR_ALG: alg})
+    payload, kid, external_aad = bytes(payload), bytes(kid), bytes(external_aad)
+    protected = _PROTECTED[alg]
     signature = sign(sig_structure(protected, payload, external_aad))
     if not isinstance(signature, bytes) or len(signature) != _SIGNATURE_LENGTH:
         raise CoseError(f"the signer must return a raw {_SIGNATURE_LENGTH}-byte signature")
-    body = [protected, {HDR_KID: kid}, None if detached else payload, signature]
-    return cbor.encode(cbor.Tag(COSE_SIGN1_TAG, body))
+    return b"".join(
+        (
+            _SIGN1_HEAD,
+            cbor.encode_bstr(protected),
+            _KID_MAP_HEAD,
+            cbor.encode_bstr(kid),
+            b"\xf6" if detached else cbor.encode_bstr(payload),
+            cbor.encode_bstr(bytes(signature)),
+        )
+    )
 
 
 def decode_sign1(

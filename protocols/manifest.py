@@ -16,6 +16,7 @@ raises a :class:`~protocols.errors.ProtocolError`; it never returns a bool.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -130,6 +131,13 @@ def check_manifest(manifest: FeatureManifest) -> FeatureManifest:
     Raises:
         MessageError: a field is out of range (see docs/manifest.md).
     """
+    _check_header(manifest)
+    _check_features(manifest.features)
+    return manifest
+
+
+def _check_header(manifest: FeatureManifest) -> None:
+    """Validate everything but the features."""
     if not isinstance(manifest.device_id, str) or not is_valid_id(manifest.device_id):
         raise MessageError(f"invalid device id {manifest.device_id!r}")
     _uint(manifest.seq, "seq", minimum=1)
@@ -137,14 +145,16 @@ def check_manifest(manifest: FeatureManifest) -> FeatureManifest:
     _uint(manifest.not_after, "not_after")
     if manifest.not_after <= manifest.issued_at:
         raise MessageError("not_after must be later than issued_at")
-    if not isinstance(manifest.features, dict) or len(manifest.features) > MAX_FEATURES:
+
+
+def _check_features(features: Any) -> None:
+    if not isinstance(features, dict) or len(features) > MAX_FEATURES:
         raise MessageError(f"features must be a map of at most {MAX_FEATURES} entries")
-    for key, entry in manifest.features.items():
+    for key, entry in features.items():
         _check_feature_key(key)
         if not isinstance(entry, FeatureEntry):
             raise MessageError(f"feature {key!r} is not a FeatureEntry")
         _check_entry(key, entry)
-    return manifest
 
 
 def _entry_to_wire(entry: FeatureEntry) -> dict[int, Any]:
@@ -180,10 +190,56 @@ def manifest_to_wire(manifest: FeatureManifest) -> dict[int, Any]:
 def encode_manifest(manifest: FeatureManifest) -> bytes:
     """Encode the manifest payload as deterministic CBOR.
 
+    The result is ``cbor.encode(manifest_to_wire(manifest))``, assembled from
+    the fixed layout; the feature section's encoding is cached by value (a
+    fleet-wide change gives many devices equal features).
+
     Raises:
         MessageError: the manifest breaks a wire rule.
     """
-    return cbor.encode(manifest_to_wire(manifest))
+    check_manifest(manifest)
+    return _assemble(manifest, _features_cbor(tuple(manifest.features.items())))
+
+
+# The map's keys 0..6 are single-byte heads in ascending (deterministic) order;
+# key 0 (version) and key 1 (type) never change.
+_MANIFEST_HEAD = cbor.encode({K_VERSION: MANIFEST_VERSION, K_TYPE: MANIFEST_TYPE})[
+    1:
+] + cbor.encode(K_DEVICE)
+_MAP_OF_7 = b"\xa7"
+_K_SEQ, _K_ISSUED, _K_NOT_AFTER, _K_FEATURES = (
+    cbor.encode(k) for k in (K_SEQ, K_ISSUED, K_NOT_AFTER, K_FEATURES)
+)
+
+
+def _assemble(manifest: FeatureManifest, features_cbor: bytes) -> bytes:
+    """The encoding of a *validated* manifest whose feature section encodes as given."""
+    return b"".join(
+        (
+            _MAP_OF_7,
+            _MANIFEST_HEAD,
+            cbor.encode(manifest.device_id),
+            _K_SEQ,
+            cbor.encode(manifest.seq),
+            _K_ISSUED,
+            cbor.encode(manifest.issued_at),
+            _K_NOT_AFTER,
+            cbor.encode(manifest.not_after),
+            _K_FEATURES,
+            features_cbor,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _features_cbor(items: tuple[tuple[str, FeatureEntry], ...]) -> bytes:
+    """The feature section of *validated* features (as ``tuple(features.items())``).
+
+    Cached by value: once validated, equal entries (``FeatureEntry`` equality)
+    have equal field values of the same wire types (bool; int or int subclass;
+    one of the allowed strings), so they encode to the same bytes.
+    """
+    return cbor.encode({key: _entry_to_wire(entry) for key, entry in items})
 
 
 def _required(document: dict[Any, Any], number: int, what: str) -> Any:
@@ -279,7 +335,37 @@ def sign_manifest(
         MessageError: the manifest breaks a wire rule or is too large.
         CoseError: the signer misbehaved.
     """
-    signed = cose.sign1(encode_manifest(manifest), kid=kid, sign=sign, alg=cose.ALG_EDDSA)
+    return _sign_payload(encode_manifest(manifest), kid, sign)
+
+
+def sign_manifests(
+    manifests: Iterable[FeatureManifest], *, kid: bytes, sign: Callable[[bytes], bytes]
+) -> list[bytes]:
+    """Sign many manifests; the same as :func:`sign_manifest` on each, in order.
+
+    Manifests that share one ``features`` dict object (as a fleet-wide change
+    produces) have it validated and encoded once; do not mutate it meanwhile.
+    Every manifest is still validated, encoded and signed on its own.
+
+    Raises:
+        MessageError, CoseError: as :func:`sign_manifest`, for the first bad one.
+    """
+    signed: list[bytes] = []
+    features: object = None
+    section = b""
+    for manifest in manifests:
+        if manifest.features is features:
+            _check_header(manifest)
+        else:
+            check_manifest(manifest)
+            features = manifest.features
+            section = _features_cbor(tuple(manifest.features.items()))
+        signed.append(_sign_payload(_assemble(manifest, section), kid, sign))
+    return signed
+
+
+def _sign_payload(payload: bytes, kid: bytes, sign: Callable[[bytes], bytes]) -> bytes:
+    signed = cose.sign1(payload, kid=kid, sign=sign, alg=cose.ALG_EDDSA)
     if len(signed) > MAX_MANIFEST_SIZE:
         raise MessageError(f"signed manifest exceeds {MAX_MANIFEST_SIZE} bytes")
     return signed
@@ -358,5 +444,6 @@ __all__ = [
     "manifest_to_json",
     "manifest_to_wire",
     "sign_manifest",
+    "sign_manifests",
     "verify_manifest",
 ]

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import collections
+import enum
 import math
 import random
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import cbor
-from protocols.cbor import Tag, decode, encode, leading_tag
+from protocols.cbor import Tag, decode, encode, encode_bstr, leading_tag
 from protocols.errors import DecodeError, MessageError, PayloadTooLarge, ProtocolError
+from tests.protocols.cbor_reference import reference_encode
 
 UINT64_MAX = (1 << 64) - 1
 
@@ -343,3 +346,106 @@ def test_fuzz_mutated_documents(value: Any, mutations: list[tuple[int, int, int]
         elif kind == 3 and index < len(data):
             data[index] ^= 1 << (byte % 8)
     _decode_or_protocol_error(bytes(data))
+
+
+# --- the fast encoder writes exactly what the reference encoder writes ------------
+
+
+class _Small(enum.IntEnum):
+    ONE = 1
+    BIG = 1 << 40
+
+
+class _Word(enum.StrEnum):
+    MONTH = "month"
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _Pair(NamedTuple):
+    left: Any
+    right: Any
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True)
+subclassed = st.one_of(
+    st.sampled_from([_Small.ONE, _Small.BIG, _Word.MONTH]),
+    st.binary(max_size=8).map(_Bytes),
+)
+all_scalars = st.one_of(scalars, floats, subclassed)
+all_keys = st.one_of(keys, st.sampled_from([_Small.ONE, _Small.BIG, _Word.MONTH]))
+rich_values = st.recursive(
+    all_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(children, max_size=5).map(tuple),
+        st.tuples(children, children).map(lambda pair: _Pair(*pair)),
+        st.dictionaries(all_keys, children, max_size=5),
+        st.dictionaries(keys, children, max_size=5).map(collections.OrderedDict),
+        st.builds(Tag, st.integers(0, UINT64_MAX), children),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(rich_values, st.integers(0, 20))
+def test_encoder_is_byte_identical_to_the_reference(value: Any, depth: int) -> None:
+    try:
+        expected = reference_encode(value, max_depth=depth)
+    except MessageError:
+        with pytest.raises(MessageError):
+            encode(value, max_depth=depth)
+        return
+    assert encode(value, max_depth=depth) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1 << 64,
+        -(1 << 64) - 1,
+        {1.0: 1},
+        {True: 1},
+        {None: 1},
+        {b"k": 1},
+        {(1,): 1},
+        {1, 2},
+        object(),
+        bytearray(b"x"),
+        memoryview(b"x"),
+        "\ud800",
+        {"\udfff": 1},
+        Tag(1 << 64, 0),
+        Tag(-1, 0),
+        Tag(True, 0),
+        Tag("1", 0),
+        [[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]],
+        _cyclic(),
+        {"a": {"b": object()}},
+    ],
+    ids=repr,
+)
+def test_encoder_refuses_what_the_reference_refuses(value: Any) -> None:
+    with pytest.raises(MessageError):
+        reference_encode(value)
+    with pytest.raises(MessageError):
+        encode(value)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [0, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, UINT64_MAX],
+)
+def test_head_boundaries_match_the_reference(argument: int) -> None:
+    for value in (argument, -1 - argument, Tag(argument, None)):
+        assert encode(value) == reference_encode(value)
+    assert encode_bstr(b"x" * min(argument, 70000)) == reference_encode(b"x" * min(argument, 70000))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_encode_bstr_is_encode_of_bytes(data: bytes) -> None:
+    assert encode_bstr(data) == encode(data) == reference_encode(data)

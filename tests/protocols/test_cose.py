@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols import cbor
 from protocols.cbor import Tag
@@ -29,12 +31,14 @@ from protocols.cose import (
 from protocols.errors import (
     CoseError,
     DecodeError,
+    MessageError,
     PayloadTooLarge,
     ProtocolError,
     SignatureInvalid,
     UnknownKey,
     UnsupportedAlgorithm,
 )
+from tests.protocols.cbor_reference import reference_encode
 
 ED_PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 ED_OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -391,3 +395,44 @@ def test_signing_doc_worked_example() -> None:
     )
     public = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
     assert verify_sign1(data, [CoseKey.ed25519(b"hub-1", public)]).payload == payload
+
+
+# --- the assembled layouts are byte-identical to the generic encoding -----------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=400),
+    st.binary(max_size=40),
+    st.binary(max_size=40),
+    st.booleans(),
+    st.sampled_from([ALG_EDDSA, ALG_ES256]),
+)
+def test_sign1_is_byte_identical_to_the_reference_encoding(
+    payload: bytes, kid: bytes, aad: bytes, detached: bool, alg: int
+) -> None:
+    seen: list[bytes] = []
+
+    def fixed_signer(tbs: bytes) -> bytes:
+        seen.append(tbs)
+        return bytes(range(64))
+
+    data = sign1(payload, kid=kid, sign=fixed_signer, alg=alg, external_aad=aad, detached=detached)
+    protected = reference_encode({HDR_ALG: alg})
+    assert seen == [reference_encode(["Signature1", protected, aad, payload])]
+    body = [protected, {HDR_KID: kid}, None if detached else payload, bytes(range(64))]
+    assert data == reference_encode(Tag(COSE_SIGN1_TAG, body))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300), st.binary(max_size=30))
+def test_sig_structure_is_byte_identical_to_the_reference(
+    protected: bytes, payload: bytes, aad: bytes
+) -> None:
+    expected = reference_encode(["Signature1", protected, aad, payload])
+    assert sig_structure(protected, payload, aad) == expected
+
+
+def test_sig_structure_refuses_non_bytes_as_before() -> None:
+    with pytest.raises(MessageError):
+        sig_structure(b"", object(), b"")  # type: ignore[arg-type]

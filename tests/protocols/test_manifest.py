@@ -1,6 +1,8 @@
 """Wire form of the feature manifest and of the key-rotation document."""
 
 import contextlib
+import dataclasses
+import enum
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,7 +31,9 @@ from protocols.manifest import (
     decode_manifest,
     encode_manifest,
     manifest_to_json,
+    manifest_to_wire,
     sign_manifest,
+    sign_manifests,
     verify_manifest,
 )
 from protocols.messages import TrustAnchor
@@ -40,6 +44,7 @@ from protocols.rotation import (
     sign_rotation,
     verify_rotation,
 )
+from tests.protocols.cbor_reference import reference_encode
 
 DEV = "dev-00000000000000000001"
 SEED = bytes(range(32))
@@ -387,3 +392,79 @@ def test_docs_worked_example_bytes():
         "703b9fcda9931735a174910cb80a0d64c89a91114eb4b089a937bc21dc07"
     )
     assert len(signed) == 186
+
+
+# --- the assembled encoding and batch signing equal the reference bytes -----------
+
+
+def _reference_signed(manifest, kid=KID):
+    """Sign as the first implementation did: generic CBOR of every structure."""
+    payload = reference_encode(manifest_to_wire(manifest))
+    protected = reference_encode({1: cose.ALG_EDDSA})
+    to_be_signed = reference_encode(["Signature1", protected, b"", payload])
+    body = [protected, {4: kid}, payload, KEY.sign(to_be_signed)]
+    return reference_encode(cbor.Tag(18, body))
+
+
+class _Period(enum.StrEnum):
+    DAY = "day"
+
+
+class _Limit(enum.IntEnum):
+    TEN = 10
+
+
+@given(manifests())
+@settings(max_examples=300)
+def test_encoding_is_byte_identical_to_the_reference(manifest):
+    assert encode_manifest(manifest) == reference_encode(manifest_to_wire(manifest))
+    assert sign_manifest(manifest, kid=KID, sign=KEY.sign) == _reference_signed(manifest)
+
+
+@given(st.lists(manifests(), min_size=1, max_size=4), st.data())
+@settings(max_examples=100)
+def test_sign_manifests_equals_sign_manifest_one_by_one(batch, data):
+    # Share feature dicts between some manifests, as a fleet-wide change does.
+    shared = batch[0].features
+    batch = [
+        dataclasses.replace(m, features=shared) if data.draw(st.booleans()) else m for m in batch
+    ]
+    expected = [_reference_signed(m) for m in batch]
+    assert sign_manifests(batch, kid=KID, sign=KEY.sign) == expected
+    assert [sign_manifest(m, kid=KID, sign=KEY.sign) for m in batch] == expected
+
+
+def test_equal_features_of_subclassed_values_encode_as_their_base_values():
+    plain = _manifest(features={"u": FeatureEntry(True, limit=10, cap=1, period="day")})
+    fancy = _manifest(
+        features={"u": FeatureEntry(True, limit=_Limit.TEN, cap=1, period=_Period.DAY)}
+    )
+    assert encode_manifest(fancy) == encode_manifest(plain)
+    assert encode_manifest(fancy) == reference_encode(manifest_to_wire(fancy))
+
+
+def test_sign_manifests_checks_every_manifest_sharing_features():
+    shared = _manifest().features
+    good = _manifest(features=shared)
+    for bad in (
+        _manifest(features=shared, seq=0),
+        _manifest(features=shared, device_id="dev/1"),
+        _manifest(features=shared, not_after=1),
+    ):
+        with pytest.raises(MessageError):
+            sign_manifests([good, bad], kid=KID, sign=KEY.sign)
+
+
+def test_sign_manifests_checks_features_after_a_valid_one_was_cached():
+    sign_manifests([_manifest()], kid=KID, sign=KEY.sign)
+    # Equal to a cached valid entry (1 == True), but not a valid one itself.
+    bad = _manifest(features={"camera.hdr": FeatureEntry(enabled=1)})  # type: ignore[arg-type]
+    sign_manifests([_manifest(features={"camera.hdr": FeatureEntry(True)})], kid=KID, sign=KEY.sign)
+    with pytest.raises(MessageError):
+        sign_manifests([bad], kid=KID, sign=KEY.sign)
+    with pytest.raises(MessageError):
+        encode_manifest(bad)
+
+
+def test_sign_manifests_of_nothing():
+    assert sign_manifests([], kid=KID, sign=KEY.sign) == []
