@@ -115,6 +115,17 @@ class HubProcess:
             self.process.wait()
             raise ProcessError(f"hub ignored SIGTERM:\n{self.log_tail()}") from None
 
+    def kill(self) -> None:
+        """SIGKILL the hub: no shutdown at all, as a crash or an OOM kill would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub process is alive."""
+        return self.process is not None and self.process.poll() is None
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the hub printed."""
         if not self.log_path.exists():

@@ -1,0 +1,400 @@
+"""One simulator run: start or reach a hub, provision, run the fleet, inject faults, check.
+
+Phases, in order (each shown by the progress bar):
+
+1. **hub**: start ``hub serve`` (or use a remote one) and bootstrap a tenant;
+2. **provision**: device class, devices, claim tokens, product, entitlements;
+3. **online**: every device claims its identity and connects (paced, with
+   source addresses spread over ``127.0.0.x``); connects per second and
+   memory per device are measured here;
+4. **entitle**: each group's entitlement is activated on its devices;
+5. **run**: ``duration`` seconds of behaviour, faults, operator actions and
+   attacks, all on one event loop;
+6. **settle**: faults end, every device stays online; wait until manifests
+   and usage are quiet and converged (at most ``settle_seconds``);
+7. **check**: devices stop, the hub's account is fetched, invariants checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator import environment, hubstate, malicious, provision
+from simulator.checker import CheckResult, RunFacts, check
+from simulator.device import ConnectGate, DeviceSpec, Endpoints, SimDevice
+from simulator.environment import Environment
+from simulator.hubapi import HubApi
+from simulator.proxy import StallProxy
+from simulator.recorder import Recorder
+from simulator.scenario import Fault, Scenario
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, float, str], None]
+"""``progress(phase, done, total, info)``."""
+
+
+def _quiet(_phase: str, _done: float, _total: float, _info: str) -> None:
+    return None
+
+
+@dataclass
+class RunOptions:
+    """How to run a scenario (the command line's options)."""
+
+    broker: str = "embedded"
+    database_url: str | None = None
+    work_dir: Path | None = None
+    keep_work_dir: bool = False
+    remote: Environment | None = None
+    progress: Progress = _quiet
+
+
+@dataclass
+class RunStats:
+    """Measured figures beside the invariants."""
+
+    online_seconds: float = 0.0
+    connects_per_second: float = 0.0
+    rss_before_mib: float = 0.0
+    rss_online_mib: float = 0.0
+    memory_per_device_kib: float = 0.0
+    settle_seconds: float = 0.0
+    converged_in_settle: bool = False
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    api_calls: int = 0
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class RunOutcome:
+    """Everything a report is made of."""
+
+    scenario: Scenario
+    environment: str
+    result: CheckResult
+    stats: RunStats
+    recorder: Recorder
+    hub_exit_status: int | None = None
+
+
+def rss_mib() -> float:
+    """This process's resident memory (Linux ``/proc``), MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def run(scenario: Scenario, options: RunOptions) -> RunOutcome:
+    """Run ``scenario`` end to end; see the module docstring."""
+    started = time.monotonic()
+    owned = options.work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="fleet-sim-")) if owned else options.work_dir
+    assert root is not None
+    root.mkdir(parents=True, exist_ok=True)
+    progress = options.progress
+    progress("hub", 0, 1, f"starting a hub ({options.broker})")
+    env = options.remote or await asyncio.to_thread(
+        environment.start, broker=options.broker, data_dir=root,
+        options=scenario.hub, database_url=options.database_url,
+    )
+    progress("hub", 1, 1, env.api_url)
+    status: int | None = None
+    try:
+        outcome = await _Run(scenario, env, root, progress).go()
+    finally:
+        if options.remote is None:
+            status = await asyncio.to_thread(env.stop)
+        if owned and not options.keep_work_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    outcome.hub_exit_status = status
+    outcome.stats.wall_seconds = time.monotonic() - started
+    return outcome
+
+
+class _Run:
+    def __init__(self, scenario: Scenario, env: Environment, root: Path, progress: Progress) -> None:
+        self.scenario, self.env, self.root, self.progress = scenario, env, root, progress
+        self.rng = random.Random(scenario.seed)  # noqa: S311 - simulation, not crypto
+        self.recorder = Recorder()
+        self.stats = RunStats()
+        self.api = HubApi(env.api_url, env.api_key)
+        self.devices: list[SimDevice] = []
+        self.proxies: dict[str, StallProxy] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.t0 = time.monotonic()
+        self.revoked_at: dict[str, float] = {}
+
+    async def go(self) -> RunOutcome:
+        try:
+            fleet = await self._provision()
+            await self._bring_online(fleet)
+            await self._entitle(fleet)
+            await self._run_phase(fleet)
+            await self._settle()
+            result = await self._finish()
+        finally:
+            await self._teardown()
+        self.stats.api_calls = self.api.calls
+        return RunOutcome(self.scenario, self.env.kind, result, self.stats, self.recorder)
+
+    # ------------------------------------------------------------ phases
+
+    async def _provision(self) -> provision.Fleet:
+        self.progress("provision", 0, 2, "devices and claim tokens")
+        fleet = await provision.register(self.api, self.scenario)
+        self.progress("provision", 1, 2, "product, account, entitlements")
+        await provision.sell(self.api, self.scenario, fleet)
+        self.progress("provision", 2, 2, f"{len(fleet.device_ids)} devices registered")
+        return fleet
+
+    async def _bring_online(self, fleet: provision.Fleet) -> None:
+        for group in self.scenario.groups:
+            if group.through_proxy:
+                proxy = StallProxy(self.env.host, self.env.port)
+                await proxy.start()
+                self.proxies[group.name] = proxy
+        gate = ConnectGate(self.scenario.connects_per_second)
+        n_addr = self.scenario.source_addresses
+        for index, (serial, group) in enumerate(self._serials(fleet)):
+            proxy = self.proxies.get(group.name)
+            endpoints = Endpoints(
+                host="127.0.0.1" if proxy else self.env.host,
+                port=proxy.port if proxy else self.env.port,
+                claim_host=self.env.claim_host,
+                claim_port=self.env.claim_port,
+            )
+            spec = DeviceSpec(
+                serial=serial, group=group, state_dir=self.root / "devices" / serial,
+                endpoints=endpoints, bind_address=f"127.0.0.{1 + index % n_addr}",
+                keepalive=self.scenario.keepalive_seconds,
+                heartbeat_seconds=self.scenario.heartbeat_seconds,
+                token=fleet.tokens.get(group.name), key=fleet.keys.get(serial),
+            )
+            self.recorder.add(serial, group.name, group.clock_skew_seconds, group.malicious)
+            rng = random.Random(self.rng.getrandbits(64))  # noqa: S311
+            self.devices.append(
+                SimDevice(spec, recorder=self.recorder, gate=gate, rng=rng,
+                          run_start=lambda: self.t0)
+            )
+        self.stats.rss_before_mib = rss_mib()
+        started = time.monotonic()
+        for device in self.devices:
+            self._spawn(device.run())
+        total = len(self.devices)
+        deadline = started + 120 + 3 * total / self.scenario.connects_per_second
+        while True:
+            online = sum(1 for d in self.devices if d.online)
+            self.progress("online", online, total, "claiming and connecting")
+            if online == total or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        elapsed = time.monotonic() - started
+        self.stats.online_seconds = elapsed
+        self.stats.connects_per_second = online / elapsed if elapsed > 0 else 0.0
+        self.stats.rss_online_mib = rss_mib()
+        grown = self.stats.rss_online_mib - self.stats.rss_before_mib
+        self.stats.memory_per_device_kib = grown * 1024 / max(1, total)
+        self.recorder.event(0.0, f"{online}/{total} devices online in {elapsed:.1f}s")
+
+    def _serials(self, fleet: provision.Fleet) -> list[tuple[str, Any]]:
+        pairs = [(s, g) for g in self.scenario.groups for s in fleet.groups[g.name]]
+        self.rng.shuffle(pairs)  # groups interleave on the way online
+        return pairs
+
+    async def _entitle(self, fleet: provision.Fleet) -> None:
+        groups = self.scenario.groups
+        for i, group in enumerate(groups):
+            self.progress("entitle", i, len(groups), f"activating {group.name}")
+            await provision.activate(self.api, fleet, group.name)
+        self.progress("entitle", len(groups), len(groups), "entitlements active")
+
+    async def _run_phase(self, fleet: provision.Fleet) -> None:
+        scenario = self.scenario
+        self.t0 = time.monotonic()
+        self._plan_attacks()
+        for fault in scenario.faults:
+            self._spawn(self._at(fault.at, self._fault(fault)))
+        for action in scenario.actions:
+            self._spawn(self._at(action.at, self._action(fleet, action.kind, action.group)))
+        self._spawn(self._ticker())
+        while (elapsed := time.monotonic() - self.t0) < scenario.duration_seconds:
+            online = sum(1 for d in self.devices if d.online)
+            self.progress("run", elapsed, scenario.duration_seconds, f"{online} online")
+            await asyncio.sleep(0.5)
+        self.progress("run", scenario.duration_seconds, scenario.duration_seconds, "done")
+
+    async def _settle(self) -> None:
+        for device in self.devices:
+            device.settling = True
+        for proxy in self.proxies.values():
+            proxy.resume()
+        started = time.monotonic()
+        limit = self.scenario.settle_seconds
+        quiet_since = time.monotonic()
+        last = self._fingerprint()
+        while (elapsed := time.monotonic() - started) < limit:
+            online = sum(1 for d in self.devices if d.online)
+            self.progress("settle", elapsed, limit, f"{online}/{len(self.devices)} online")
+            await asyncio.sleep(1.0)
+            now = self._fingerprint()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+            if online == len(self.devices) and time.monotonic() - quiet_since >= 5.0:
+                if await self._converged():
+                    self.stats.converged_in_settle = True
+                    break
+                quiet_since = time.monotonic()
+        self.stats.settle_seconds = time.monotonic() - started
+        self.progress("settle", limit, limit, "settled" if self.stats.converged_in_settle else "timed out")
+
+    def _fingerprint(self) -> tuple[int, ...]:
+        records = self.recorder.devices.values()
+        return (
+            sum(r.manifest_seq for r in records),
+            sum(len(r.usage_acks) for r in records),
+            sum(len(r.usage_sent) for r in records),
+            sum(1 for d in self.devices if d.online),
+        )
+
+    async def _converged(self) -> bool:
+        """Manifests equal the hub's and every sent usage record is answered."""
+        if any(set(r.usage_sent) - set(r.usage_acks) for r in self.recorder.devices.values()):
+            return False
+        hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
+        return all(
+            (hub.devices[d.device_id].manifest_seq or 0) == d.record.manifest_seq
+            for d in self.devices if d.device_id in hub.devices
+        ) and len(hub.devices) == len(self.devices)
+
+    async def _finish(self) -> CheckResult:
+        self.progress("check", 0, 2, "stopping devices")
+        await asyncio.gather(*(d.stop() for d in self.devices), return_exceptions=True)
+        for d in self.devices:
+            if d.session is not None:
+                from simulator import components as parts  # noqa: PLC0415
+
+                d.record.usage_buffered_at_end = parts.buffered(d.session.components)
+        self.progress("check", 1, 2, "fetching the hub's account")
+        hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
+        facts = RunFacts(
+            lease_seconds=self.scenario.hub.manifest_lease_seconds,
+            revoked_at=self.revoked_at,
+            metering_available=any(d.meter is not None for d in self.devices),
+            firmware_available=False,
+        )
+        result = check(self.recorder.devices, hub, facts)
+        self.progress("check", 2, 2, f"{len(result.violations)} violation(s)")
+        return result
+
+    async def _teardown(self) -> None:
+        for device in self.devices:
+            device.stopping = True
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for proxy in self.proxies.values():
+            await proxy.stop()
+        await self.api.close()
+
+    # ------------------------------------------------------------ helpers
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("simulator task failed: %r", task.exception(), exc_info=task.exception())
+
+    async def _at(self, at: float, coro: Any) -> None:
+        await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
+        await coro
+
+    async def _ticker(self) -> None:
+        step = self.scenario.tick_seconds
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            dt, last = now - last, now
+            for device in self.devices:
+                out = device.tick(dt)
+                if out:
+                    self._spawn(device.send(out))
+                if device.attack_at <= now and not device.attacked and device.online:
+                    device.attacked = True
+                    self._spawn(malicious.attack(device, self._victim(device)))
+
+    def _plan_attacks(self) -> None:
+        duration = self.scenario.duration_seconds
+        for device in self.devices:
+            if device.group.malicious:
+                device.attack_at = self.t0 + self.rng.uniform(0.4, 0.7) * duration
+
+    def _victim(self, attacker: SimDevice) -> str | None:
+        honest = [d.device_id for d in self.devices if not d.group.malicious and d.device_id]
+        return self.rng.choice(honest) if honest else None
+
+    async def _fault(self, fault: Fault) -> None:
+        reason = self.env.unsupported(fault.kind)
+        entry: dict[str, Any] = {"at": fault.at, "kind": fault.kind}
+        if reason is not None:
+            entry["skipped"] = reason
+            self.stats.faults.append(entry)
+            self.recorder.event(fault.at, f"{fault.kind} skipped: {reason}")
+            return
+        started = time.monotonic()
+        if fault.kind == "hub_kill":
+            await self.env.hub_kill(fault.down_seconds)
+        elif fault.kind == "broker_restart":
+            await self.env.broker_restart(fault.down_seconds)
+        elif fault.kind == "agent_crash":
+            victims = self.rng.sample(self.devices, max(1, round(fault.fraction * len(self.devices))))
+            for device in victims:
+                device.crash()
+            entry["devices"] = len(victims)
+        elif fault.kind == "network_stall":
+            await self._stall(fault)
+        entry["took_seconds"] = round(time.monotonic() - started, 2)
+        self.stats.faults.append(entry)
+        self.recorder.event(fault.at, f"{fault.kind} done in {entry['took_seconds']}s")
+
+    async def _stall(self, fault: Fault) -> None:
+        if fault.group:
+            proxy = self.proxies[fault.group]
+            proxy.stall()
+            try:
+                await asyncio.sleep(fault.down_seconds)
+            finally:
+                proxy.resume()
+        else:
+            await self.env.broker_stall(fault.down_seconds)
+
+    async def _action(self, fleet: provision.Fleet, kind: str, group: str) -> None:
+        entry: dict[str, Any] = {"at": round(time.monotonic() - self.t0, 2), "kind": kind}
+        if kind == "feature_change":
+            entry["max_users"] = await provision.change_limit(self.api, fleet)
+        elif kind == "revoke_group":
+            self.revoked_at[group] = time.time()
+            await provision.revoke(self.api, fleet, group)
+            entry["group"] = group
+        self.stats.actions.append(entry)
+        self.recorder.event(entry["at"], f"action {kind} {group}".strip())

@@ -1,0 +1,129 @@
+"""The run's report: JSON for machines (``--report``), a summary table for people.
+
+JSON shape (docs/simulator.md, "Report")::
+
+    {"scenario": str, "environment": "embedded" | "mosquitto" | "remote",
+     "ok": bool, "devices": int,
+     "usage": {"generated", "sent", "acknowledged", "billed", "lost", "duplicated",
+               "unexpected", "unacknowledged", "resent", "ack_codes"},
+     "manifests": {"converged": int, "total": int},
+     "violations": [{"kind", "device", "detail"}, ...],
+     "skipped": [str, ...],
+     "scale": {"online_seconds", "connects_per_second", "memory_per_device_kib", ...},
+     "faults": [...], "actions": [...], "attacks": {...}, "events": [...],
+     "groups": {name: {"devices", "connects", "connection_losses", "crashes", ...}}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from simulator.fleet import RunOutcome
+
+
+def to_json(outcome: RunOutcome) -> dict[str, Any]:
+    """The report as a JSON-ready dict."""
+    result, stats = outcome.result, outcome.stats
+    return {
+        "scenario": outcome.scenario.name,
+        "environment": outcome.environment,
+        "ok": result.ok,
+        "devices": result.devices,
+        "usage": result.usage.to_json(),
+        "manifests": {"converged": result.converged, "total": result.devices},
+        "violations": [v.to_json() for v in result.violations],
+        "skipped": result.skipped,
+        "scale": {
+            "online_seconds": round(stats.online_seconds, 2),
+            "connects_per_second": round(stats.connects_per_second, 1),
+            "rss_before_mib": round(stats.rss_before_mib, 1),
+            "rss_online_mib": round(stats.rss_online_mib, 1),
+            "memory_per_device_kib": round(stats.memory_per_device_kib, 1),
+        },
+        "settle": {
+            "seconds": round(stats.settle_seconds, 1),
+            "converged": stats.converged_in_settle,
+        },
+        "faults": stats.faults,
+        "actions": stats.actions,
+        "attacks": _attacks(outcome),
+        "groups": _groups(outcome),
+        "events": outcome.recorder.events,
+        "hub_exit_status": outcome.hub_exit_status,
+        "api_calls": stats.api_calls,
+        "wall_seconds": round(stats.wall_seconds, 1),
+    }
+
+
+def _attacks(outcome: RunOutcome) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for record in outcome.recorder.devices.values():
+        for name, count in record.attacks.items():
+            total[name] = total.get(name, 0) + count
+    return dict(sorted(total.items()))
+
+
+def _groups(outcome: RunOutcome) -> dict[str, dict[str, int]]:
+    groups: dict[str, dict[str, int]] = {}
+    for record in outcome.recorder.devices.values():
+        g = groups.setdefault(
+            record.group,
+            {"devices": 0, "connects": 0, "connection_losses": 0, "crashes": 0,
+             "boot_epochs": 0, "manifests_accepted": 0, "usage_generated": 0, "usage_sent": 0},
+        )
+        g["devices"] += 1
+        g["connects"] += record.connects
+        g["connection_losses"] += record.connection_losses
+        g["crashes"] += record.crashes
+        g["boot_epochs"] += record.boot_epochs
+        g["manifests_accepted"] += record.manifests_accepted
+        g["usage_generated"] += record.usage_generated
+        g["usage_sent"] += len(record.usage_sent)
+    return groups
+
+
+def write(path: Path, report: dict[str, Any]) -> None:
+    """Write the JSON report (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def print_summary(report: dict[str, Any], console: Console) -> None:
+    """The summary table at the end of a run."""
+    usage, manifests = report["usage"], report["manifests"]
+    table = Table(title=f"fleet-sim: {report['scenario']} on {report['environment']}")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_column("", justify="center")
+    mark = {True: "[green]ok[/]", False: "[red]FAIL[/]"}
+    table.add_row("devices", str(report["devices"]), "")
+    table.add_row("manifests converged", f"{manifests['converged']}/{manifests['total']}",
+                  mark[manifests["converged"] == manifests["total"]])
+    for name in ("generated", "sent", "acknowledged", "billed"):
+        table.add_row(f"usage {name}", f"{usage[name]:,}", "")
+    for name in ("lost", "duplicated", "unexpected"):
+        table.add_row(f"usage {name}", f"{usage[name]:,}", mark[usage[name] == 0])
+    scale = report["scale"]
+    table.add_row("connects/s (ramp)", f"{scale['connects_per_second']:,.0f}", "")
+    table.add_row("memory per device", f"{scale['memory_per_device_kib']:,.0f} KiB", "")
+    for fault in report["faults"]:
+        state = f"skipped: {fault['skipped']}" if "skipped" in fault else "done"
+        table.add_row(f"fault {fault['kind']} @{fault['at']:g}s", state, "")
+    for name, count in report["attacks"].items():
+        table.add_row(f"attack {name}", str(count), "")
+    table.add_row("violations", str(len(report["violations"])), mark[not report["violations"]])
+    console.print(table)
+    for line in report["skipped"]:
+        console.print(f"[yellow]not checked[/]: {line}")
+    for violation in report["violations"][:30]:
+        console.print(f"[red]violation[/] {violation['kind']} {violation['device'] or ''}: "
+                      f"{violation['detail']}")
+    if len(report["violations"]) > 30:
+        console.print(f"... and {len(report['violations']) - 30} more (see the JSON report)")

@@ -1,0 +1,154 @@
+"""One MQTT connection of a simulated device, on the shared asyncio loop (aiomqtt).
+
+aiomqtt drives paho's client from the event loop (socket readers and writers,
+no network thread), so thousands of connections share one loop and one thread;
+only the blocking TCP connect runs in the loop's small default executor.
+
+:meth:`AsyncTransport.crash` ends a connection the way a dying process or a cut
+cable does: the socket is shut down without an MQTT DISCONNECT, so the broker
+publishes the device's last will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from device_agent.errors import NotAuthorized, TransportError
+from device_agent.outgoing import Outgoing
+from device_agent.transport import Incoming
+
+log = logging.getLogger(__name__)
+
+_AUTH_REFUSALS = frozenset({4, 5, 134, 135})
+# aiomqtt logs every pending-call warning; a fleet of agents would flood the log.
+logging.getLogger("mqtt").setLevel(logging.ERROR)
+
+
+class AsyncTransport:
+    """An MQTT 3.1.1 client for one device session (clean session, QoS 1)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str,
+        password: str,
+        will: Outgoing | None,
+        keepalive: int,
+        bind_address: str = "",
+        timeout: float = 15.0,
+    ) -> None:
+        aio_will = (
+            aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=False) if will else None
+        )
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            identifier=client_id,
+            username=username,
+            password=password,
+            will=aio_will,
+            keepalive=keepalive,
+            clean_session=True,
+            bind_address=bind_address,
+            timeout=timeout,
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        """Connected and not yet closed or crashed."""
+        return self._open
+
+    async def connect(self) -> None:
+        """Connect and wait for CONNACK.
+
+        Raises:
+            NotAuthorized: the broker refused the login.
+            TransportError: the broker is unreachable or refused otherwise.
+        """
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttCodeError as exc:
+            code = exc.rc.value if hasattr(exc.rc, "value") else exc.rc
+            if code in _AUTH_REFUSALS:
+                raise NotAuthorized(f"broker refused the login (code {code})") from exc
+            raise TransportError(f"broker refused the connection: {exc}") from exc
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"cannot connect: {exc}") from exc
+        self._open = True
+
+    async def subscribe(self, topic_filter: str) -> bool:
+        """Subscribe at QoS 1; returns whether the broker granted it.
+
+        Raises:
+            TransportError: the connection failed meanwhile.
+        """
+        try:
+            granted = await self._client.subscribe(topic_filter, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe failed: {exc}") from exc
+        codes = [getattr(code, "value", code) for code in granted]
+        return bool(codes) and all(int(c) < 0x80 for c in codes)
+
+    async def publish(self, message: Outgoing) -> None:
+        """Publish and, at QoS 1, wait for the broker's PUBACK.
+
+        Raises:
+            TransportError: not connected, or no acknowledgement in time.
+        """
+        try:
+            await self._client.publish(message.topic, message.payload, qos=message.qos)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"publish to {message.topic} failed: {exc}") from exc
+
+    async def messages(self) -> AsyncIterator[Incoming]:
+        """The received messages until the connection ends.
+
+        Raises:
+            TransportError: when the connection is lost.
+        """
+        try:
+            async for message in self._client.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+                yield Incoming(str(message.topic), data)
+        except aiomqtt.MqttError as exc:
+            self._open = False
+            raise TransportError(f"connection lost: {exc}") from exc
+
+    async def close(self) -> None:
+        """A clean DISCONNECT (no last will)."""
+        if not self._open:
+            return
+        self._open = False
+        with contextlib.suppress(aiomqtt.MqttError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._client.__aexit__(None, None, None), 5)
+
+    def crash(self) -> None:
+        """Drop the connection without DISCONNECT: the broker sends the last will."""
+        self._open = False
+        sock = self._client._client.socket()  # noqa: SLF001 - paho's public socket(), via aiomqtt
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def paho_state(self) -> bool:
+        """Whether paho still considers itself connected (for diagnostics)."""
+        return bool(self._client._client.is_connected())  # noqa: SLF001
+
+
+def paho_error_string(code: int) -> str:
+    """paho's text for a result code."""
+    return str(paho.error_string(code))
