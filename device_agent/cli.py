@@ -133,5 +133,53 @@ def features_command(
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
+@app.command("meter")
+def meter_command(
+    meter: Annotated[str, typer.Argument(help="the metered feature's key, e.g. api_calls")],
+    quantity: Annotated[str, typer.Argument(help="units used: a number in 0..10^12")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="agent TOML file")],
+    dim: Annotated[
+        str | None, typer.Option("--dim", help="dimension value for unique-count meters")
+    ] = None,
+    now: Annotated[int | None, typer.Option(help="record at this Unix time")] = None,
+) -> None:
+    """Record usage of a metered feature into the agent's durable buffer (JSON out).
+
+    Exit 0: recorded; 1: refused (not entitled, over the cap, buffer full);
+    2: invalid usage, configuration or state. A negative quantity needs ``--``
+    before the arguments (and is refused).
+    """
+    from device_agent.metering.errors import InvalidUsage, UsageRefused  # noqa: PLC0415
+    from device_agent.metering.shell import record_from_shell  # noqa: PLC0415
+
+    try:
+        document = record_from_shell(load_config(config), meter, quantity, dim, now)
+    except InvalidUsage as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except UsageRefused as exc:
+        typer.echo(f"refused: {exc.code}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except AgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+
+
+@app.command("usage")
+def usage_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="agent TOML file")],
+) -> None:
+    """Show the usage buffer: pending, dropped, acknowledged (per hub code), periods (JSON)."""
+    from device_agent.metering.shell import stats_document  # noqa: PLC0415
+
+    try:
+        document = stats_document(load_config(config))
+    except AgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
 if __name__ == "__main__":
     app()

@@ -25,14 +25,13 @@ WRITER = textwrap.dedent(
     buffer = UsageBuffer.open(Path(sys.argv[1]) / BUFFER_FILE)
     buffer.begin_epoch(int(sys.argv[2]))
     while True:
-        key = buffer.append("api_calls", 1, ts=%d).record.key
+        key = buffer.append("api_calls", 1, ts=T0_VALUE).record.key
         print("R", *key, flush=True)
-        if key[1] %% 3 == 0:
+        if key[1] % 3 == 0:
             buffer.acknowledge([AckResult(key[0], key[1] - 1, "stored")])
             print("A", key[0], key[1] - 1, flush=True)
     """
-    % T0
-)
+).replace("T0_VALUE", str(T0))
 
 
 def _run_and_kill(state_dir: Path, epoch: int, records: int) -> tuple[set, set]:
