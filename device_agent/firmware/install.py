@@ -167,6 +167,25 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Abort:
+    """Give up the job before the switch (cancelled by the hub, download stalled)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Report an offered job as failed without starting it (the envelope was refused).
+
+    Allowed only while settled; the state's step and target stay as they are,
+    only a ``failed`` report for ``job_id`` is minted.
+    """
+
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReportSent:
     """The hub acknowledged the report with this key; drop it from the outbox."""
 
@@ -183,6 +202,8 @@ Event: TypeAlias = (
     | Booted
     | BootAttemptWithoutConfirmation
     | Timeout
+    | Abort
+    | Refuse
     | ReportSent
 )
 
@@ -308,6 +329,7 @@ def _move(
         reason=reason,
         key=mint_key(state.device_id, state.target.job_id, state.report_seq),
         at=now,
+        installed_seq=state.confirmed_sequence,
     )
     new = dataclasses.replace(
         state,
@@ -426,6 +448,37 @@ def _on_timeout(state: InstallState, event: Timeout, now: int) -> Transition:
     return _fail(state, now, reason)
 
 
+#: States from which a job may still be abandoned: nothing has touched the boot record.
+ABANDONABLE = frozenset({Step.DOWNLOADING, Step.DOWNLOADED, Step.VERIFIED})
+
+
+def _on_abort(state: InstallState, event: Abort, now: int) -> Transition:
+    _require(state, event, *ABANDONABLE)
+    return _fail(state, now, _reason(event.reason))
+
+
+def _on_refuse(state: InstallState, event: Refuse, now: int) -> Transition:
+    _require(state, event, *SETTLED)
+    if not event.job_id:
+        raise InvalidEvent("a refusal needs a job id")
+    report = StepReport(
+        job_id=event.job_id,
+        step=ReportStep.FAILED,
+        reason=_reason(event.reason),
+        key=mint_key(state.device_id, event.job_id, state.report_seq),
+        at=now,
+        installed_seq=state.confirmed_sequence,
+    )
+    new = dataclasses.replace(
+        state, report_seq=state.report_seq + 1, outbox=(*state.outbox, report)
+    )
+    return Transition(new, (), (report,))
+
+
+def _reason(text: str) -> str:
+    return text.strip() or "unspecified"
+
+
 def _on_sent(state: InstallState, event: ReportSent) -> Transition:
     outbox = tuple(r for r in state.outbox if r.key != event.key)
     if len(outbox) == len(state.outbox):
@@ -479,6 +532,10 @@ def step(state: InstallState, event: Event, *, now: int) -> Transition:  # noqa:
             return _on_attempt(state, event, now)
         case Timeout():
             return _on_timeout(state, event, now)
+        case Abort():
+            return _on_abort(state, event, now)
+        case Refuse():
+            return _on_refuse(state, event, now)
         case ReportSent():
             return _on_sent(state, event)
     raise InvalidEvent(f"unknown event {event!r}")
@@ -530,11 +587,13 @@ def validate(state: InstallState) -> None:
 
 
 __all__ = [
+    "ABANDONABLE",
     "DEFAULT_MAX_BOOT_ATTEMPTS",
     "DIGEST_SIZE",
     "SETTLED",
     "SLOTS",
     "SWITCHED",
+    "Abort",
     "BadTarget",
     "BootAttemptWithoutConfirmation",
     "Booted",
@@ -551,6 +610,7 @@ __all__ = [
     "InstallState",
     "InvalidEvent",
     "Reboot",
+    "Refuse",
     "ReportSent",
     "Revert",
     "Slot",

@@ -46,6 +46,8 @@ class StepReport:
         reason: Why the install failed or reverted; ``None`` otherwise.
         key: The idempotency key (see :func:`mint_key`).
         at: When the transition happened (seconds since the epoch).
+        installed_seq: Sequence number of the image in the active slot once the
+            transition is done (the new one on ``confirmed``), when known.
     """
 
     job_id: str
@@ -53,16 +55,20 @@ class StepReport:
     reason: str | None
     key: str
     at: int
+    installed_seq: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        """The report as a CBOR-ready map with text keys."""
-        return {
+        """The report as a CBOR-ready map with text keys (for ``install.cbor``)."""
+        doc: dict[str, Any] = {
             "job_id": self.job_id,
             "step": self.step.value,
             "reason": self.reason,
             "key": self.key,
             "at": self.at,
         }
+        if self.installed_seq is not None:
+            doc["installed_seq"] = self.installed_seq
+        return doc
 
     @classmethod
     def from_wire(cls, doc: Any) -> StepReport:
@@ -71,10 +77,13 @@ class StepReport:
         Raises:
             StateError: ``doc`` is not a well-formed report.
         """
-        if not isinstance(doc, dict) or set(doc) != {"job_id", "step", "reason", "key", "at"}:
+        if not isinstance(doc, dict) or set(doc) - {"installed_seq"} != _REPORT_FIELDS:
             raise StateError("a stored report is not a report map")
         reason = doc["reason"]
         at = doc["at"]
+        installed = doc.get("installed_seq")
+        if installed is not None and (type(installed) is not int or installed < 0):
+            raise StateError("a stored report's installed sequence is not an unsigned integer")
         if not all(isinstance(doc[name], str) for name in ("job_id", "step", "key")):
             raise StateError("a stored report has a field of the wrong type")
         if not (reason is None or isinstance(reason, str)):
@@ -85,7 +94,17 @@ class StepReport:
             step = ReportStep(doc["step"])
         except ValueError as exc:
             raise StateError(f"unknown report step {doc['step']!r}") from exc
-        return cls(job_id=doc["job_id"], step=step, reason=reason, key=doc["key"], at=at)
+        return cls(
+            job_id=doc["job_id"],
+            step=step,
+            reason=reason,
+            key=doc["key"],
+            at=at,
+            installed_seq=installed,
+        )
+
+
+_REPORT_FIELDS = frozenset({"job_id", "step", "reason", "key", "at"})
 
 
 def mint_key(device_id: str, job_id: str, index: int) -> str:

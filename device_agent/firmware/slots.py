@@ -284,8 +284,12 @@ class Installer:
         *,
         max_boot_attempts: int = install.DEFAULT_MAX_BOOT_ATTEMPTS,
         auto_install: bool = True,
+        initial_sequence: int = 0,
     ) -> None:
         """Power on with the firmware directory ``root``.
+
+        ``initial_sequence`` is the sequence number of the factory image, used
+        only when no install state has been persisted yet.
 
         Raises:
             StateError: the directory is not provisioned, or its files are
@@ -295,7 +299,9 @@ class Installer:
         self.hooks = hooks
         self.max_boot_attempts = max_boot_attempts
         self.auto_install = auto_install
-        self.state = self.fw.load_state(device_id) or InstallState(device_id=device_id)
+        self.state = self.fw.load_state(device_id) or InstallState(
+            device_id=device_id, confirmed_sequence=initial_sequence
+        )
         self.running: Slot = self._power_on()
         self._queue: deque[Effect] = deque()
 
@@ -315,6 +321,40 @@ class Installer:
     def timeout(self) -> None:
         """The in-progress timeout fired: fail, or revert if already switched."""
         self._apply(install.Timeout())
+
+    def abort(self, reason: str) -> None:
+        """Abandon the job before the switch (``failed`` with ``reason``).
+
+        Raises:
+            InvalidEvent: the install is not in an abandonable step.
+        """
+        self._apply(install.Abort(reason))
+
+    def refuse(self, job_id: str, reason: str) -> None:
+        """Mint and persist a ``failed`` report for a job that was never started.
+
+        Raises:
+            InvalidEvent: an install is in flight.
+        """
+        self._apply(install.Refuse(job_id, reason))
+
+    def acknowledge(self, keys: Iterable[str]) -> int:
+        """Drop the reports the hub acknowledged from the outbox (one write for all).
+
+        Keys that are not waiting (already acknowledged, unknown) are skipped.
+
+        Returns:
+            How many reports were dropped.
+        """
+        state, dropped = self.state, 0
+        for key in keys:
+            if any(report.key == key for report in state.outbox):
+                state = install.step(state, ReportSent(key), now=self.hooks.clock()).state
+                dropped += 1
+        if dropped:
+            self.fw.save_state(state)
+            self.state = state
+        return dropped
 
     def run(self) -> InstallState:
         """Redo the persisted state's effects and carry the install on.

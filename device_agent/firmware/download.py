@@ -1,0 +1,160 @@
+"""The pull window of a chunked download: pure bookkeeping, time passed in as ``now``.
+
+The device pulls (the hub keeps no per-device download state): it asks for at
+most ``in_flight`` chunks ahead of the first one not yet written (``base``),
+in requests of at most ``request_size`` (≤ 16) consecutive chunks. Chunks
+arrive in any order; verified ones wait in memory until they extend the
+contiguous run from ``base``, which the installer then writes. Nothing outside
+the window is kept, so memory stays bounded by ``in_flight`` chunks.
+
+Timeouts: when requests are outstanding and nothing new arrives for
+``timeout`` seconds, every missing chunk of the window is requested again
+(a *stall*); progress resets the stall count, and more than ``max_stalls``
+stalls in a row mean the download is given up. After a reconnect everything
+missing is requested again at once, starting from ``base``: that is the
+resume from the last verified chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols.firmware_messages import MAX_CHUNK_WINDOW
+
+
+@dataclass
+class ChunkWindow:
+    """Which chunks to request next, which arrived, when to give up.
+
+    Attributes:
+        chunk_count: Chunks in the image.
+        base: The first chunk not yet handed to the writer.
+        in_flight: Most chunks requested or buffered ahead of ``base``.
+        request_size: Most chunks per request (1..16).
+        timeout: Seconds without a new chunk before outstanding requests are repeated.
+        max_stalls: Consecutive timeouts tolerated before :meth:`expire` gives up.
+        bad_chunks: Chunks refused on arrival so far (corrupt, wrong size).
+    """
+
+    chunk_count: int
+    base: int = 0
+    in_flight: int = 32
+    request_size: int = MAX_CHUNK_WINDOW
+    timeout: int = 10
+    max_stalls: int = 6
+    bad_chunks: int = 0
+    stalls: int = 0
+    _buffered: dict[int, bytes] = field(default_factory=dict)
+    _requested: set[int] = field(default_factory=set)
+    _deadline: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check the bounds."""
+        if not 1 <= self.request_size <= MAX_CHUNK_WINDOW:
+            raise ValueError(f"request_size must be 1..{MAX_CHUNK_WINDOW}")
+        if self.in_flight < 1 or self.timeout < 1 or self.max_stalls < 0:
+            raise ValueError("in_flight and timeout must be positive, max_stalls not negative")
+        if not 0 <= self.base <= self.chunk_count:
+            raise ValueError("base is outside the image")
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk was handed to the writer."""
+        return self.base >= self.chunk_count
+
+    @property
+    def outstanding(self) -> int:
+        """Chunks requested and not yet arrived."""
+        return len(self._requested)
+
+    def _limit(self) -> int:
+        return min(self.base + self.in_flight, self.chunk_count)
+
+    def wants(self, index: int) -> bool:
+        """Whether ``index`` is inside the window and not yet here."""
+        return self.base <= index < self._limit() and index not in self._buffered
+
+    def plan(self, now: int) -> list[tuple[int, int]]:
+        """The requests to send now: ``(index, count)`` runs of missing, unrequested chunks."""
+        runs: list[tuple[int, int]] = []
+        start: int | None = None
+        for index in range(self.base, self._limit()):
+            missing = index not in self._buffered and index not in self._requested
+            if missing and start is not None and index - start < self.request_size:
+                continue
+            if start is not None:
+                runs.append((start, index - start))
+                start = None
+            if missing:
+                start = index
+        if start is not None:
+            runs.append((start, self._limit() - start))
+        for index, count in runs:
+            self._requested.update(range(index, index + count))
+        if runs and self._deadline is None:
+            self._deadline = now + self.timeout
+        return runs
+
+    def accept(self, index: int, data: bytes, now: int) -> bool:
+        """Keep a *verified* chunk if the window wants it.
+
+        Returns:
+            ``True`` for a new chunk; ``False`` for a duplicate or one outside
+            the window (dropped: nothing outside the window is kept).
+        """
+        self._requested.discard(index)
+        if not self.wants(index):
+            return False
+        self._buffered[index] = data
+        self.stalls = 0
+        self._deadline = now + self.timeout if self._requested else None
+        return True
+
+    def refused(self, index: int) -> None:
+        """A chunk was refused on arrival: ask for it again with the next plan."""
+        self.bad_chunks += 1
+        self._requested.discard(index)
+
+    def ready(self) -> int:
+        """Verified chunks contiguous from ``base``, ready to be written."""
+        count = 0
+        while self.base + count in self._buffered:
+            count += 1
+        return count
+
+    def take(self) -> list[bytes]:
+        """Hand the contiguous verified chunks from ``base`` to the writer and move on."""
+        chunks = []
+        while self.base in self._buffered:
+            chunks.append(self._buffered.pop(self.base))
+            self.base += 1
+        return chunks
+
+    def resync(self, base: int) -> None:
+        """Align with the persisted progress (after a restart or a failed write)."""
+        if not 0 <= base <= self.chunk_count:
+            raise ValueError("base is outside the image")
+        if base < self.base:
+            self._requested.clear()  # what was handed over and lost must be asked again
+        self.base = base
+        self._buffered = {i: d for i, d in self._buffered.items() if i >= base}
+
+    def restart(self) -> None:
+        """Forget outstanding requests (after a reconnect): the next plan asks again."""
+        self._requested.clear()
+        self._deadline = None
+
+    def expire(self, now: int) -> bool:
+        """Count a stall if outstanding requests timed out; ``True`` once too many.
+
+        After a stall the outstanding requests are forgotten, so the next
+        :meth:`plan` asks for them again.
+        """
+        if self._deadline is None or now < self._deadline:
+            return False
+        self.stalls += 1
+        self.restart()
+        return self.stalls > self.max_stalls
+
+
+__all__ = ["ChunkWindow"]
