@@ -1,12 +1,18 @@
-"""Billing: price plans and the charges they produce.
+"""Billing: price plans, periods, invoices, audit, events and webhooks.
 
 :mod:`.pricing` is pure (no database, no clock, no float): :func:`price` turns
 a :class:`Plan` and a quantity into a :class:`Charge`. :mod:`.plans` holds the
 plan's JSON shape as the API accepts it; :mod:`.router` serves the preview.
+The stateful part (tables, routers, jobs) plugs in through :mod:`.plugin`;
+see docs/billing.md.
 """
 
 from __future__ import annotations
 
+# The billing tables join Base.metadata whenever the package is imported
+# (hub.app imports it for the preview router), also before hub.plugins lists
+# hub.billing.plugin.
+import hub.billing.models  # noqa: F401
 from hub.billing.pricing import (
     Allowance,
     Charge,

@@ -1,0 +1,216 @@
+"""Delivering logged events to webhook endpoints, with retries.
+
+One pass of :func:`deliver_due`:
+
+1. claims up to ``batch`` pending deliveries whose ``next_attempt_at`` has
+   come, by pushing their ``next_attempt_at`` past the request timeout with a
+   conditional ``UPDATE`` (a second worker skips them), and commits;
+2. POSTs each event's JSON to its endpoint, signed (``X-Hub-Signature``), with
+   no database transaction open;
+3. records each outcome: a 2xx answer marks the delivery ``delivered``; any
+   other answer, a timeout or a connection error schedules the next attempt
+   after ``backoff * 2^(attempts - 1)`` (capped), and after ``max_attempts``
+   the delivery is ``failed`` (audited).
+
+Receivers must treat deliveries as at-least-once: a delivery whose answer was
+lost is sent again with the same ``X-Hub-Delivery`` id and event id.
+Redirects are not followed. Unless ``webhook_allow_private`` is set, URLs whose host
+resolves to a loopback, private, link-local or reserved address are refused
+(at each attempt) so tenants cannot make the hub call internal services.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.audit.service import record
+from hub.billing.events import envelope
+from hub.billing.models import BillingEvent, WebhookDelivery, WebhookEndpoint
+from hub.billing.secret_box import SecretBox, SecretUnavailable, endpoint_context
+from hub.billing.settings import BillingSettings
+from hub.billing.signatures import SIGNATURE_HEADER, signature_header
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "iot-hub-webhooks/1"
+_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    delivery_id: int
+    tenant_id: str
+    endpoint_id: str
+    url: str
+    event_type: str
+    body: bytes
+    secret: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's result."""
+
+    delivery_id: int
+    ok: bool
+    status: int | None
+    error: str | None
+
+
+def backoff(settings: BillingSettings, attempts: int) -> timedelta:
+    """Delay before attempt ``attempts + 1`` (``attempts >= 1`` made so far)."""
+    seconds = settings.delivery_backoff_seconds * 2 ** min(attempts - 1, 30)
+    return timedelta(seconds=min(seconds, settings.delivery_max_backoff_seconds))
+
+
+def body_of(event: BillingEvent) -> bytes:
+    """The exact request body for an event (compact, key-sorted JSON)."""
+    return json.dumps(envelope(event), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _claim(
+    session: Session, box: SecretBox, settings: BillingSettings, now: datetime
+) -> list[_Job]:
+    lease = now + timedelta(seconds=settings.delivery_timeout_seconds + 30)
+    due = session.execute(
+        select(WebhookDelivery, WebhookEndpoint, BillingEvent)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .join(BillingEvent, BillingEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(settings.delivery_batch)
+    ).all()
+    jobs = []
+    for delivery, endpoint, event in due:
+        claimed = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery.id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
+            )
+            .values(next_attempt_at=lease)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            continue
+        try:
+            context = endpoint_context(endpoint.tenant_id, endpoint.id)
+            secret: str | None = box.open(endpoint.secret_sealed, context=context)
+        except SecretUnavailable:
+            secret = None
+        jobs.append(
+            _Job(delivery.id, endpoint.tenant_id, endpoint.id, endpoint.url, event.type,
+                 body_of(event), secret)
+        )  # fmt: skip
+    return jobs
+
+
+def _public_host(url: str) -> str | None:
+    """Why ``url`` may not be called (an internal address), or ``None`` if it may."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            return f"{host} resolves to a non-public address ({address})"
+    return None
+
+
+def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
+    if job.secret is None:
+        return Outcome(job.delivery_id, False, None, "the endpoint's secret cannot be opened")
+    if not allow_private:
+        refused = _public_host(job.url)
+        if refused is not None:
+            return Outcome(job.delivery_id, False, None, refused)
+    timestamp = int(now.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        SIGNATURE_HEADER: signature_header(job.secret, timestamp, job.body),
+        "X-Hub-Event": job.event_type,
+        "X-Hub-Delivery": str(job.delivery_id),
+    }
+    try:
+        response = client.post(job.url, content=job.body, headers=headers)
+    except httpx.HTTPError as exc:
+        return Outcome(job.delivery_id, False, None, f"{type(exc).__name__}: {exc}")
+    if response.is_success:
+        return Outcome(job.delivery_id, True, response.status_code, None)
+    return Outcome(job.delivery_id, False, response.status_code, f"HTTP {response.status_code}")
+
+
+def _record(session: Session, settings: BillingSettings, outcome: Outcome, now: datetime) -> None:
+    delivery = session.get_one(WebhookDelivery, outcome.delivery_id)
+    delivery.attempts += 1
+    delivery.last_attempt_at = now
+    delivery.response_status = outcome.status
+    delivery.last_error = None if outcome.error is None else outcome.error[:_ERROR_CHARS]
+    if outcome.ok:
+        delivery.status = "delivered"
+        delivery.delivered_at = now
+        delivery.next_attempt_at = now
+        return
+    if delivery.attempts >= settings.delivery_max_attempts:
+        delivery.status = "failed"
+        delivery.next_attempt_at = now
+        record(
+            session, tenant_id=delivery.tenant_id, actor="system", action="webhook.delivery_failed",
+            target_type="webhook", target_id=delivery.endpoint_id, now=now, outcome="failed",
+            detail={"delivery_id": delivery.id, "event_id": delivery.event_id,
+                    "attempts": delivery.attempts, "error": delivery.last_error},
+        )  # fmt: skip
+        log.warning("webhook delivery %s failed for good: %s", delivery.id, delivery.last_error)
+        return
+    delivery.next_attempt_at = now + backoff(settings, delivery.attempts)
+
+
+def deliver_due(
+    session_factory: sessionmaker[Session],
+    clock: Callable[[], datetime],
+    box: SecretBox,
+    settings: BillingSettings,
+    *,
+    client: httpx.Client | None = None,
+) -> list[Outcome]:
+    """One delivery pass (see the module docstring); returns each attempt's outcome."""
+    now = clock()
+    with session_factory() as session:
+        jobs = _claim(session, box, settings, now)
+        session.commit()
+    if not jobs:
+        return []
+    owned = client is None
+    http = client or httpx.Client(timeout=settings.delivery_timeout_seconds, follow_redirects=False)
+    try:
+        allowed = settings.webhook_allow_private
+        outcomes = [_send(http, job, now, allowed) for job in jobs]
+    finally:
+        if owned:
+            http.close()
+    finished = clock()
+    with session_factory() as session:
+        for outcome in outcomes:
+            _record(session, settings, outcome, finished)
+        session.commit()
+    for outcome in outcomes:
+        if not outcome.ok:
+            log.info("webhook delivery %s: %s", outcome.delivery_id, outcome.error)
+    return outcomes
