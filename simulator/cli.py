@@ -74,7 +74,10 @@ def run_command(
         console.print(f"[red]fleet-sim: {exc}[/]")
         raise typer.Exit(2) from None
     remote = _remote(hub_url, api_key, mqtt, claim_mqtt)
-    logging.basicConfig(level=os.environ.get("FLEET_SIM_LOG_LEVEL", "WARNING"))
+    level = os.environ.get("FLEET_SIM_LOG_LEVEL")
+    logging.basicConfig(level=level or "WARNING")
+    if level is None:  # thousands of agents would drown the progress bar
+        logging.getLogger("device_agent").setLevel(logging.ERROR)
     with Progress(
         TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console, disable=quiet, transient=False,

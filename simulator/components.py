@@ -1,19 +1,28 @@
-"""How the simulator reaches the agent's optional session components.
+"""The agent's optional session components, as a simulated device runs them.
 
-The metering and firmware components come from
-:func:`device_agent.components.default_components`, exactly as a real agent
-builds them. The simulator drives them only through their public methods,
-found here by name, so a device without a component (not built yet, or not
-configured) is reported as such instead of being faked.
+The components come from :func:`device_agent.components.default_components`,
+built from the ``[metering]`` and ``[firmware]`` tables exactly as a real
+agent builds them. The device application's side of metering is the real
+:class:`device_agent.metering.meter.Meter`, sharing the component's durable
+buffer (as an application thread of a real device would); it reads the
+manifest from the session's trust store in memory instead of re-reading
+``trust.cbor`` from disk.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from device_agent import trust
 from device_agent.components import ComponentContext, SessionComponent, default_components
+from device_agent.errors import AgentError
+from device_agent.firmware.component import FirmwareComponent
+from device_agent.metering.component import MeteringComponent
+from device_agent.metering.meter import Meter
+from device_agent.trust_store import TrustStore
+from protocols.manifest import FeatureEntry
 
 log = logging.getLogger(__name__)
 
@@ -21,55 +30,80 @@ METER_FEATURE = "api_calls"
 """The metered feature every simulated product has (usage goes to its meter)."""
 
 
+class TrustEntitlements:
+    """The meter's view of the entitlements, from the session's own trust store."""
+
+    def __init__(self, store: TrustStore) -> None:
+        """Read from ``store`` (the object the session accepts manifests into)."""
+        self._store = store
+
+    def entry(self, key: str, *, now: int) -> FeatureEntry | None:
+        """The feature's entry if it is enabled at ``now``, else ``None``."""
+        entry = self._store.effective_features(now=now).get(key)
+        return entry if entry is not None and entry.enabled else None
+
+    def effective_now(self, now: int) -> int:
+        """``max(now, the latest signed time)``."""
+        return trust.effective_now(self._store.state, now)
+
+
 def build(context: ComponentContext) -> list[SessionComponent]:
     """The real components for ``context``; none when the agent cannot build them."""
     try:
         return list(default_components(context))
-    except Exception as exc:  # noqa: BLE001 - a component bug must not stop the fleet
+    except AgentError as exc:
         log.error("components unavailable for %s: %s", context.identity.device_id, exc)
         return []
 
 
-def _find(components: Sequence[SessionComponent], *methods: str) -> Any | None:
-    for component in components:
-        if all(callable(getattr(component, name, None)) for name in methods):
-            return component
-    return None
+def metering(components: Sequence[SessionComponent]) -> MeteringComponent | None:
+    """The metering component, if the session runs one."""
+    return next((c for c in components if isinstance(c, MeteringComponent)), None)
 
 
-def meter(components: Sequence[SessionComponent]) -> Any | None:
-    """The metering component (it has ``record``), or ``None``."""
-    return _find(components, "record", "tick")
+def firmware(components: Sequence[SessionComponent]) -> FirmwareComponent | None:
+    """The firmware component, if the session runs one."""
+    return next((c for c in components if isinstance(c, FirmwareComponent)), None)
 
 
-def firmware(components: Sequence[SessionComponent]) -> Any | None:
-    """The firmware component (it has ``installed_seq`` or ``status``), or ``None``."""
-    for component in components:
-        if hasattr(component, "installed_seq") or callable(getattr(component, "status", None)):
-            return component
-    return None
+def meter_for(
+    components: Sequence[SessionComponent], store: TrustStore, clock: Callable[[], float]
+) -> Meter | None:
+    """The device application's meter over the session's buffer, or ``None``."""
+    component = metering(components)
+    if component is None:
+        return None
+    return Meter(component.buffer, TrustEntitlements(store), clock=clock)
 
 
 def buffered(components: Sequence[SessionComponent]) -> int | None:
-    """Usage records still buffered on the device, if the meter says."""
-    component = meter(components)
+    """Usage records still in the device's buffer (``None``: no metering)."""
+    component = metering(components)
     if component is None:
         return None
-    for name in ("pending_count", "buffered", "pending"):
-        value = getattr(component, name, None)
-        value = value() if callable(value) else value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def record_usage(component: Any, *, meter_key: str, quantity: int, now: int) -> bool:
-    """Hand one usage event to the metering component; whether it took it."""
     try:
-        component.record(meter_key, quantity, now=now)
-    except TypeError:
-        component.record(meter_key, quantity, now)
-    except Exception as exc:  # noqa: BLE001 - a refused record is data, not a crash
-        log.warning("meter refused a record: %s", exc)
+        return int(component.buffer.stats().pending)
+    except AgentError:
+        return None
+
+
+def close(components: Sequence[SessionComponent]) -> None:
+    """Release what the components hold open (the usage buffer's database)."""
+    component = metering(components)
+    if component is not None:
+        component.buffer.close()
+
+
+def record_usage(meter: Meter, *, quantity: int, now: int) -> bool:
+    """One usage event through the real meter; whether it was recorded."""
+    try:
+        meter.record(METER_FEATURE, quantity, now=now)
+    except AgentError as exc:
+        log.debug("usage refused: %s", exc)
         return False
     return True
+
+
+def describe(component: Any) -> str:
+    """A short name for logs."""
+    return type(component).__name__

@@ -24,7 +24,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ from device_agent.components import ComponentContext
 from device_agent.config import AgentConfig
 from device_agent.errors import AgentError, ClaimFailed, NotAuthorized, TransportError
 from device_agent.features import Features
+from device_agent.firmware.component import FirmwareComponent
 from device_agent.identity import Identity, IdentityStore
+from device_agent.metering.meter import Meter
 from device_agent.outgoing import Outgoing
 from device_agent.runner import Backoff
 from device_agent.session import DeviceSession, build_claim, read_claim_reply
@@ -94,6 +96,7 @@ class DeviceSpec:
     heartbeat_seconds: float
     token: str | None = None
     key: Ed25519PrivateKey | None = None
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class SimDevice:
@@ -129,7 +132,8 @@ class SimDevice:
         self._next_drop = math.inf
         self._offline_phase = rng.uniform(0, spec.group.offline_every_seconds)
         self._usage_debt = 0.0
-        self.meter: Any | None = None
+        self.meter: Meter | None = None
+        self.firmware: FirmwareComponent | None = None
         self.first_manifest: bytes | None = None
         self.attack_at = math.inf
         self.attacked = False
@@ -176,8 +180,11 @@ class SimDevice:
             state_dir=self.spec.state_dir,
             clock=lambda: float(self.now()),
         )
+        if self.session is not None:
+            parts.close(self.session.components)  # the crashed process let go of them
         found = parts.build(context)
-        self.meter = parts.meter(found)
+        self.meter = parts.meter_for(found, trust, lambda: float(self.now()))
+        self.firmware = parts.firmware(found)
         self.session = DeviceSession(
             identity,
             agent_version=AGENT_VERSION,
@@ -201,7 +208,7 @@ class SimDevice:
             keepalive=self.spec.keepalive,
             heartbeat_seconds=self.spec.heartbeat_seconds,
             agent_version=AGENT_VERSION,
-            sections={"metering": {"enabled": True}, "firmware": {"enabled": True}},
+            sections=self.spec.sections,
         )
 
     async def _live(self) -> None:
@@ -376,15 +383,14 @@ class SimDevice:
         events = int(self._usage_debt)
         self._usage_debt -= events
         for _ in range(events):
-            try:
-                allowed = self.features.try_consume(parts.METER_FEATURE, 1, now=now)
-            except AgentError:
-                allowed = False
-            if not allowed:
-                continue
-            self.record.usage_generated += 1
             if self.meter is not None:
-                parts.record_usage(self.meter, meter_key=parts.METER_FEATURE, quantity=1, now=now)
+                recorded = parts.record_usage(self.meter, quantity=1, now=now)
+            else:  # no metering component: enforce the cap locally, nothing is reported
+                try:
+                    recorded = self.features.try_consume(parts.METER_FEATURE, 1, now=now)
+                except AgentError:
+                    recorded = False
+            self.record.usage_generated += int(recorded)
 
     def _usage_factor(self) -> float:
         profile = self.group.usage

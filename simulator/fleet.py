@@ -184,6 +184,7 @@ class _Run:
                 keepalive=self.scenario.keepalive_seconds,
                 heartbeat_seconds=self.scenario.heartbeat_seconds,
                 token=fleet.tokens.get(group.name), key=fleet.keys.get(serial),
+                sections=self._sections(fleet, group),
             )
             self.recorder.add(serial, group.name, group.clock_skew_seconds, group.malicious)
             rng = random.Random(self.rng.getrandbits(64))  # noqa: S311
@@ -210,6 +211,19 @@ class _Run:
         grown = self.stats.rss_online_mib - self.stats.rss_before_mib
         self.stats.memory_per_device_kib = grown * 1024 / max(1, total)
         self.recorder.event(0.0, f"{online}/{total} devices online in {elapsed:.1f}s")
+
+    def _sections(self, fleet: provision.Fleet, group: Any) -> dict[str, dict[str, Any]]:
+        """The agent config tables of the components (real agents read them from TOML)."""
+        sections: dict[str, dict[str, Any]] = {}
+        if self.scenario.metering:
+            sections["metering"] = {"flush_seconds": 1, "retry_seconds": 5}
+        if self.scenario.firmware:
+            sections["firmware"] = {
+                "vendor_id": fleet.vendor_uuid,
+                "class_id": fleet.class_uuid,
+                "health_check": "fail" if group.firmware_failure else "pass",
+            }
+        return sections
 
     def _serials(self, fleet: provision.Fleet) -> list[tuple[str, Any]]:
         pairs = [(s, g) for g in self.scenario.groups for s in fleet.groups[g.name]]
@@ -273,7 +287,9 @@ class _Run:
 
     async def _converged(self) -> bool:
         """Manifests equal the hub's and every sent usage record is answered."""
-        if any(set(r.usage_sent) - set(r.usage_acks) for r in self.recorder.devices.values()):
+        records = self.recorder.devices.values()
+        hub_acks_usage = any(r.usage_acks for r in records)
+        if hub_acks_usage and any(set(r.usage_sent) - set(r.usage_acks) for r in records):
             return False
         hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
         return all(
@@ -295,7 +311,7 @@ class _Run:
             lease_seconds=self.scenario.hub.manifest_lease_seconds,
             revoked_at=self.revoked_at,
             metering_available=any(d.meter is not None for d in self.devices),
-            firmware_available=False,
+            firmware_available=any(d.firmware is not None for d in self.devices),
         )
         result = check(self.recorder.devices, hub, facts)
         self.progress("check", 2, 2, f"{len(result.violations)} violation(s)")

@@ -31,6 +31,8 @@ class Fleet:
     """What provisioning created, by serial and by group."""
 
     class_id: str = ""
+    vendor_uuid: str = ""
+    class_uuid: str = ""
     product_id: str = ""
     features: dict[str, str] = field(default_factory=dict)  # key -> feature id
     account_id: str = ""
@@ -56,10 +58,11 @@ async def register(api: HubApi, scenario: Scenario) -> Fleet:
         HubApiError: the hub refused a call, or a device could not be imported.
     """
     fleet = Fleet(groups=serials(scenario))
+    fleet.vendor_uuid, fleet.class_uuid = str(uuid.uuid4()), str(uuid.uuid4())
     cls = await api.post(
         "/device-classes",
-        {"name": f"sim-{uuid.uuid4().hex[:8]}", "vendor_id": str(uuid.uuid4()),
-         "class_id": str(uuid.uuid4())},
+        {"name": f"sim-{uuid.uuid4().hex[:8]}", "vendor_id": fleet.vendor_uuid,
+         "class_id": fleet.class_uuid},
     )
     fleet.class_id = cls["id"]
     rows: list[tuple[str, str]] = []

@@ -106,7 +106,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     table.add_row("devices", str(report["devices"]), "")
     table.add_row("manifests converged", f"{manifests['converged']}/{manifests['total']}",
                   mark[manifests["converged"] == manifests["total"]])
-    for name in ("generated", "sent", "acknowledged", "billed"):
+    for name in ("generated", "sent", "acknowledged", "unacknowledged", "billed"):
         table.add_row(f"usage {name}", f"{usage[name]:,}", "")
     for name in ("lost", "duplicated", "unexpected"):
         table.add_row(f"usage {name}", f"{usage[name]:,}", mark[usage[name] == 0])

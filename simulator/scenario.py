@@ -149,6 +149,8 @@ class Scenario:
     keepalive_seconds: int = 30
     connects_per_second: float = 200.0
     source_addresses: int = 16
+    metering: bool = True
+    firmware: bool = True
     hub: HubOptions = field(default_factory=HubOptions)
     groups: tuple[Group, ...] = (Group("devices"),)
     faults: tuple[Fault, ...] = ()
@@ -273,6 +275,8 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
         keepalive_seconds=top.integer("keepalive_seconds", 30, 5, 3_600),
         connects_per_second=top.number("connects_per_second", 200.0, 1.0, 100_000.0),
         source_addresses=top.integer("source_addresses", 16, 1, 250),
+        metering=top.boolean("metering", True),
+        firmware=top.boolean("firmware", True),
         hub=HubOptions(
             manifest_lease_seconds=hub.integer("manifest_lease_seconds", 3 * 86_400, 60, 10**8),
             manifest_renew_before_seconds=hub.integer(
