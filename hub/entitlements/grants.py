@@ -157,16 +157,23 @@ class _Rows:
     )
     seats: dict[tuple[str, str], datetime] = field(default_factory=dict)
     ever: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    entitlements: dict[str, Entitlement] = field(default_factory=dict)
 
     def load(self, session: Session, chunk: Sequence[str]) -> None:
-        """Open activations, held seats and every product ever activated, for ``chunk``."""
-        for device_id, temporary_until, ent in session.execute(
-            select(Activation.device_id, Activation.temporary_until, Entitlement)
-            .join(Activation, Activation.entitlement_id == Entitlement.id)
+        """Open activations, held seats and every product ever activated, for ``chunk``.
+
+        The activations are read as plain columns and their entitlements once
+        each (a fleet-wide change puts thousands of devices on one entitlement).
+        """
+        activations = session.execute(
+            select(Activation.device_id, Activation.temporary_until, Activation.entitlement_id)
+            .join(Entitlement, Activation.entitlement_id == Entitlement.id)
             .where(Activation.device_id.in_(chunk), Activation.deactivated_at.is_(None))
             .order_by(Entitlement.created_at, Entitlement.id)
-        ):
-            self.open[device_id].append((ent, temporary_until))
+        ).all()
+        self._load_entitlements(session, {entitlement_id for _, _, entitlement_id in activations})
+        for device_id, temporary_until, entitlement_id in activations:
+            self.open[device_id].append((self.entitlements[entitlement_id], temporary_until))
         for device_id, entitlement_id, heartbeat_at in session.execute(
             select(SeatLease.device_id, SeatLease.entitlement_id, SeatLease.heartbeat_at).where(
                 SeatLease.device_id.in_(chunk), SeatLease.released_at.is_(None)
@@ -180,6 +187,12 @@ class _Rows:
             .distinct()
         ):
             self.ever[device_id].add(product_id)
+
+    def _load_entitlements(self, session: Session, ids: set[str]) -> None:
+        missing = sorted(ids - self.entitlements.keys())
+        for part in chunks(missing):
+            for ent in session.scalars(select(Entitlement).where(Entitlement.id.in_(part))):
+                self.entitlements[ent.id] = ent
 
 
 def load_grants_for_devices(

@@ -16,13 +16,12 @@ import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, Update, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from hub.entitlements.grants import (
-    Rights,
     RightsMemo,
     chunks,
     device_features,
@@ -33,7 +32,7 @@ from hub.mqtt.outbound import Outbound
 from hub.registry.models import Device
 from protocols import topics
 from protocols.cose import decode_sign1
-from protocols.manifest import FeatureEntry, FeatureManifest, sign_manifest
+from protocols.manifest import FeatureEntry, FeatureManifest, sign_manifests
 from protocols.messages import Hello, ManifestAck, ManifestDelivery, encode_message
 from protocols.rotation import decode_rotation
 
@@ -95,97 +94,143 @@ def issue(
     """Issue a fresh manifest to every claimed device in ``device_ids``.
 
     Devices that are unknown, unclaimed or disabled are skipped: they are not
-    allowed to hold a manifest. The devices, their manifest rows and their
-    grants are read with a few ``IN (...)`` queries per chunk of ids; features
-    and lease are computed once per distinct set of grants; every manifest is
-    signed (each names its device and sequence); the rows are written by one
-    flush at the end.
+    allowed to hold a manifest. The devices with their current sequences, and
+    their grants, are read with a few ``IN (...)`` queries per chunk of ids;
+    features and lease are computed once per distinct set of grants; every
+    manifest is signed (each names its device and sequence; an identical
+    feature section is encoded once); the rows are written with one
+    ``executemany`` UPDATE (and one bulk INSERT for first manifests).
+
+    Returns:
+        One delivery per issued manifest, in device id order, to publish after
+        the caller commits.
     """
     wanted = sorted(set(device_ids))
     if not wanted:
         return []
-    devices, current = _load_targets(session, wanted)
-    loaded = load_grants_for_devices(session, [d.id for d in devices])
+    targets = _load_targets(session, wanted)
+    loaded = load_grants_for_devices(session, [t.id for t in targets])
     rights = RightsMemo(now, policy.lease_seconds)
     hashes: dict[Hashable, str] = {}
-    out: list[Outbound] = []
-    with session.no_autoflush:
-        for device in devices:
-            granted = rights(loaded[device.id])
-            if granted.key not in hashes:
-                hashes[granted.key] = features_hash(granted.features)
-            row = current.get(device.id)
-            digest = hashes[granted.key]
-            out.append(
-                _issue_one(
-                    session, device, row, rights=granted, digest=digest, now=now, policy=policy
-                )
-            )
-    session.flush()
-    return out
+    plans: list[_Plan] = []
+    issued_at = int(now.timestamp())
+    for target in targets:
+        granted = rights(loaded[target.id])
+        if granted.key not in hashes:
+            hashes[granted.key] = features_hash(granted.features)
+        not_after = max(granted.not_after, now + timedelta(seconds=1))
+        manifest = FeatureManifest(
+            device_id=target.id,
+            seq=target.seq + 1,
+            issued_at=issued_at,
+            not_after=int(not_after.timestamp()),
+            features=granted.features,  # shared, never mutated: encoded once
+        )
+        plans.append(_Plan(target, manifest, not_after, hashes[granted.key]))
+    signed = sign_manifests([p.manifest for p in plans], kid=policy.kid, sign=policy.sign)
+    _write_issued(session, plans, signed, now=now, kid=policy.kid.hex())
+    return [
+        _delivery(plan.target.id, blob, policy.rotations_after(plan.target.acknowledged_kid))
+        for plan, blob in zip(plans, signed, strict=True)
+    ]
 
 
 class _Target(NamedTuple):
-    """A claimed device to issue to (only what issuing reads)."""
+    """A claimed device to issue to, with its current manifest's sequence (0: none)."""
 
     id: str
     tenant_id: str
+    seq: int
+    acknowledged_kid: str | None
+    has_row: bool
 
 
-def _load_targets(
-    session: Session, wanted: list[str]
-) -> tuple[list[_Target], dict[str, DeviceManifest]]:
-    """The claimed devices among ``wanted`` and their current manifest rows."""
-    devices: list[_Target] = []
-    current: dict[str, DeviceManifest] = {}
+class _Plan(NamedTuple):
+    """One manifest about to be signed and stored."""
+
+    target: _Target
+    manifest: FeatureManifest
+    not_after: datetime
+    digest: str
+
+
+def _load_targets(session: Session, wanted: list[str]) -> list[_Target]:
+    """The claimed devices among ``wanted`` (sorted ids), with their manifest rows' state."""
+    targets: list[_Target] = []
     for chunk in chunks(wanted):
-        devices.extend(
-            _Target(device_id, tenant_id)
-            for device_id, tenant_id in session.execute(
-                select(Device.id, Device.tenant_id).where(
-                    Device.id.in_(chunk), Device.status == "claimed"
-                )
+        rows = session.execute(
+            select(
+                Device.id,
+                Device.tenant_id,
+                DeviceManifest.seq,
+                DeviceManifest.acknowledged_kid,
             )
+            .outerjoin(DeviceManifest, DeviceManifest.device_id == Device.id)
+            .where(Device.id.in_(chunk), Device.status == "claimed")
         )
-        current.update(
-            (row.device_id, row)
-            for row in session.scalars(
-                select(DeviceManifest).where(DeviceManifest.device_id.in_(chunk))
-            )
+        targets.extend(
+            _Target(device_id, tenant_id, seq or 0, acknowledged_kid, seq is not None)
+            for device_id, tenant_id, seq, acknowledged_kid in rows
         )
-    return devices, current
+    targets.sort()
+    return targets
 
 
-def _issue_one(
-    session: Session,
-    device: _Target,
-    row: DeviceManifest | None,
-    *,
-    rights: Rights,
-    digest: str,
-    now: datetime,
-    policy: ManifestPolicy,
-) -> Outbound:
-    not_after = max(rights.not_after, now + timedelta(seconds=1))
-    manifest = FeatureManifest(
-        device_id=device.id,
-        seq=(row.seq + 1) if row is not None else 1,
-        issued_at=int(now.timestamp()),
-        not_after=int(not_after.timestamp()),
-        features=dict(rights.features),
-    )
-    signed = sign_manifest(manifest, kid=policy.kid, sign=policy.sign)
-    if row is None:
-        row = DeviceManifest(device_id=device.id, tenant_id=device.tenant_id)
-        session.add(row)
-    row.seq = manifest.seq
-    row.issued_at = now
-    row.not_after = not_after
-    row.features_hash = digest
-    row.kid = policy.kid.hex()
-    row.signed = signed
-    _mark_sent(row, now, attempts=1)
-    return _delivery(device.id, signed, policy.rotations_after(row.acknowledged_kid))
+def _write_issued(
+    session: Session, plans: list[_Plan], signed: list[bytes], *, now: datetime, kid: str
+) -> None:
+    """Store the issued manifests: bulk UPDATE of existing rows, bulk INSERT of new ones."""
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    for plan, blob in zip(plans, signed, strict=True):
+        values = {
+            "device_id": plan.target.id,
+            "seq": plan.manifest.seq,
+            "issued_at": now,
+            "not_after": plan.not_after,
+            "features_hash": plan.digest,
+            "kid": kid,
+            "signed": blob,
+            **_sent_state(now, attempts=1),
+        }
+        if plan.target.has_row:
+            updates.append(values)
+        else:
+            inserts.append(
+                {
+                    **values,
+                    "tenant_id": plan.target.tenant_id,
+                    "acknowledged_kid": None,
+                    "acknowledged_signed": None,
+                }
+            )
+    if updates:
+        session.execute(update(DeviceManifest), updates)  # executemany, by primary key
+    if inserts:
+        session.execute(insert(DeviceManifest), inserts)
+    _expire_loaded(session, [p.target.id for p in plans])
+
+
+def _sent_state(now: datetime, *, attempts: int) -> dict[str, Any]:
+    return {
+        "delivery_state": "pending",
+        "attempts": attempts,
+        "delivered_at": None,
+        "acknowledged_at": None,
+        "failure": None,
+        "updated_at": now,
+    }
+
+
+def _expire_loaded(session: Session, device_ids: Iterable[str]) -> None:
+    """Expire manifest rows this session holds for these devices (bulk writes bypass them)."""
+    if not session.identity_map:
+        return
+    for device_id in device_ids:
+        key = session.identity_key(DeviceManifest, device_id)
+        row = session.identity_map.get(key)
+        if row is not None:
+            session.expire(row)
 
 
 def _mark_sent(row: DeviceManifest, now: datetime, *, attempts: int) -> None:
@@ -247,7 +292,7 @@ def handle_ack(session: Session, *, device_id: str, ack: ManifestAck, now: datet
     *holds*: if that is already the current one, a stray duplicate was refused
     and nothing failed.
     """
-    _apply_ack(session.get(DeviceManifest, device_id), device_id, ack, now)
+    handle_acks(session, [(device_id, ack)], now=now)
 
 
 def handle_acks(
@@ -255,8 +300,11 @@ def handle_acks(
 ) -> None:
     """Record many acks, in order, as :func:`handle_ack` would one by one.
 
-    The manifest rows are read with one query per chunk of device ids; the
-    updates are left to the session's next flush.
+    The rows' sequences are read with one query per chunk of device ids; each
+    device's acks are folded in arrival order into the columns they set; the
+    changes are written with one ``executemany`` UPDATE per shape of change
+    (acknowledged, failed, both), each guarded by the sequence it was checked
+    against. Manifest rows this session holds are expired.
 
     Args:
         session: the batch's session.
@@ -264,36 +312,65 @@ def handle_acks(
         now: the batch's time.
     """
     ids = sorted({device_id for device_id, _ in acks})
-    rows: dict[str, DeviceManifest] = {}
+    seqs: dict[str, int] = {}
     for chunk in chunks(ids):
-        rows.update(
-            (row.device_id, row)
-            for row in session.scalars(
-                select(DeviceManifest).where(DeviceManifest.device_id.in_(chunk))
+        rows = session.execute(
+            select(DeviceManifest.device_id, DeviceManifest.seq).where(
+                DeviceManifest.device_id.in_(chunk)
             )
         )
+        seqs.update((device_id, seq) for device_id, seq in rows)
+    changes: dict[str, dict[str, Any]] = {}
     for device_id, ack in acks:
-        _apply_ack(rows.get(device_id), device_id, ack, now)
+        columns = _ack_change(seqs.get(device_id), device_id, ack, now)
+        if columns is not None:
+            changes.setdefault(device_id, {"b_device_id": device_id, "b_seq": seqs[device_id]})
+            changes[device_id].update(columns)
+    by_shape: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for change in changes.values():
+        by_shape.setdefault(frozenset(change), []).append(change)
+    connection = session.connection()
+    for shape, params in by_shape.items():
+        connection.execute(_ack_update(shape), params)
+    _expire_loaded(session, changes)
 
 
-def _apply_ack(row: DeviceManifest | None, device_id: str, ack: ManifestAck, now: datetime) -> None:
-    """Check ``ack`` against the device's row, then update the row (nothing here raises)."""
-    if row is None or ack.seq > row.seq:
+def _ack_change(
+    seq: int | None, device_id: str, ack: ManifestAck, now: datetime
+) -> dict[str, Any] | None:
+    """The columns ``ack`` sets on a row at ``seq`` (``None``: the ack changes nothing).
+
+    An acknowledgement also copies the row's ``kid`` and ``signed`` into
+    ``acknowledged_kid`` and ``acknowledged_signed`` (see :func:`_ack_update`).
+    """
+    if seq is None or ack.seq > seq:
         log.warning("ack of unknown seq %d from %s", ack.seq, device_id)
-        return
-    if (ack.status == "rejected") == (ack.seq == row.seq):
+        return None
+    if (ack.status == "rejected") == (ack.seq == seq):
         log.info("ignoring %s ack of seq %d from %s", ack.status, ack.seq, device_id)
-        return
-    row.updated_at = now
+        return None
     if ack.status == "rejected":
-        row.delivery_state = "failed"
-        row.failure = ack.reason or "rejected by the device"
-        log.warning("device %s rejected manifest %d: %s", device_id, row.seq, row.failure)
-        return
-    row.delivery_state = "acknowledged"
-    row.acknowledged_at = now
-    row.acknowledged_kid = row.kid
-    row.acknowledged_signed = row.signed
+        failure = ack.reason or "rejected by the device"
+        log.warning("device %s rejected manifest %d: %s", device_id, seq, failure)
+        return {"delivery_state": "failed", "failure": failure, "updated_at": now}
+    return {"delivery_state": "acknowledged", "acknowledged_at": now, "updated_at": now}
+
+
+def _ack_update(shape: frozenset[str]) -> Update:
+    """``UPDATE device_manifests SET <shape's columns> WHERE device_id = ? AND seq = ?``.
+
+    The SET clause comes from the parameters' column keys; an acknowledgement
+    (``acknowledged_at`` in the shape) also copies ``kid`` and ``signed``.
+    """
+    table = cast(Table, DeviceManifest.__table__)
+    statement = table.update().where(
+        table.c.device_id == bindparam("b_device_id"), table.c.seq == bindparam("b_seq")
+    )
+    if "acknowledged_at" in shape:
+        statement = statement.values(
+            acknowledged_kid=table.c.kid, acknowledged_signed=table.c.signed
+        )
+    return statement
 
 
 def mark_delivered(session: Session, device_ids: Iterable[str], *, now: datetime) -> None:

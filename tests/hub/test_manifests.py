@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from hub.manifests import service
 from hub.manifests.models import DeviceManifest
@@ -168,3 +168,106 @@ def test_hello_resends_the_current_manifest_or_issues_when_stale(fleet: Fleet, c
         )
         s.commit()
     assert len(out) == 1 and _row(fleet, device_id).seq == 2  # re-signed under the new key
+
+
+# ------------------------------------------------------------------ bulk writes
+
+
+_ROW_COLUMNS = (
+    "seq",
+    "delivery_state",
+    "failure",
+    "acknowledged_at",
+    "acknowledged_kid",
+    "updated_at",
+)
+
+
+def _snapshot(fleet: Fleet, device_ids: list[str]) -> dict[str, tuple]:
+    with fleet.factory() as s:
+        rows = s.scalars(select(DeviceManifest).where(DeviceManifest.device_id.in_(device_ids)))
+        return {
+            r.device_id: (
+                *(getattr(r, c) for c in _ROW_COLUMNS),
+                None if r.acknowledged_signed is None else r.acknowledged_signed == r.signed,
+            )
+            for r in rows
+        }
+
+
+ACK_SCRIPTS = [
+    # (seq offset from the current one, status), final (state, failure);
+    # offset 0 is the current seq, -1 the previous one, +1 one never issued.
+    ([(0, "rejected"), (-1, "rejected"), (0, "accepted")], ("acknowledged", "r1")),
+    ([(0, "accepted"), (-1, "rejected")], ("failed", "r1")),
+    ([(-1, "accepted"), (1, "accepted"), (0, "unchanged")], ("acknowledged", None)),
+    ([(-1, "rejected"), (-1, "rejected")], ("failed", "r1")),
+    ([(0, "rejected")], ("pending", None)),  # a stray duplicate refused: nothing failed
+]
+
+
+@pytest.mark.parametrize(("script", "final"), ACK_SCRIPTS, ids=range(len(ACK_SCRIPTS)))
+def test_a_batch_of_acks_ends_as_the_same_acks_one_by_one(
+    fleet: Fleet, clock: Clock, script: list[tuple[int, str]], final: tuple[str, str | None]
+):
+    batched, single = fleet.claimed_device("MF-B1")[0], fleet.claimed_device("MF-B2")[0]
+    for device_id in (batched, single):
+        _issue(fleet, device_id, clock.now)
+        _issue(fleet, device_id, clock.now)  # seq 2
+    acks = [
+        ManifestAck(seq=2 + offset, status=status, reason=f"r{i}" if status == "rejected" else None)
+        for i, (offset, status) in enumerate(script)
+    ]
+    now = clock.advance(seconds=5)
+    with fleet.factory() as s:
+        service.handle_acks(s, [(batched, ack) for ack in acks], now=now)
+        s.commit()
+    for ack in acks:
+        _ack(fleet, single, ack.seq, ack.status, now, ack.reason)
+    rows = _snapshot(fleet, [batched, single])
+    assert rows[batched] == rows[single]
+    assert rows[batched][1:3] == final
+
+
+def test_bulk_writes_refresh_rows_the_session_already_holds(fleet: Fleet, clock: Clock):
+    device_id, _ = fleet.claimed_device("MF-IM")
+    _issue(fleet, device_id, clock.now)
+    with fleet.factory() as s:
+        row = s.get_one(DeviceManifest, device_id)
+        assert (row.seq, row.delivery_state) == (1, "pending")
+        service.issue(s, [device_id], now=clock.now, policy=POLICY)
+        assert (row.seq, row.delivery_state) == (2, "pending")
+        service.handle_acks(s, [(device_id, ManifestAck(seq=2, status="accepted"))], now=clock.now)
+        assert row.delivery_state == "acknowledged" and row.acknowledged_signed == row.signed
+        s.commit()
+    assert _row(fleet, device_id).delivery_state == "acknowledged"
+
+
+def test_issue_sees_unflushed_changes_of_its_session(fleet: Fleet, clock: Clock):
+    device_id, _ = fleet.claimed_device("MF-UF")
+    _issue(fleet, device_id, clock.now)
+    with fleet.factory() as s:
+        s.get_one(DeviceManifest, device_id).seq = 41  # not flushed yet
+        (delivery,) = service.issue(s, [device_id], now=clock.now, policy=POLICY)
+        s.commit()
+    signed = decode_as(ManifestDelivery, delivery.payload).signed
+    assert verify_manifest(signed, [KEY]).seq == 42 == _row(fleet, device_id).seq
+
+
+def test_one_change_issues_equal_features_to_many_devices(fleet: Fleet, clock: Clock):
+    devices = [fleet.claimed_device(f"MF-M{i}")[0] for i in range(5)]
+    with fleet.factory() as s:
+        first = service.issue(s, devices[:2], now=clock.now, policy=POLICY)  # inserts
+        s.commit()
+    with fleet.factory() as s:
+        out = service.issue(s, devices, now=clock.now, policy=POLICY)  # updates and inserts
+        s.commit()
+    assert [o.track for o in out] == sorted(devices) and len(first) == 2
+    manifests = [verify_manifest(decode_as(ManifestDelivery, o.payload).signed, [KEY]) for o in out]
+    assert {m.device_id: m.seq for m in manifests} == {
+        d: (2 if d in devices[:2] else 1) for d in devices
+    }
+    assert len({tuple(sorted(m.features.items())) for m in manifests}) == 1
+    rows = {d: _row(fleet, d) for d in devices}
+    assert all(r.delivery_state == "pending" and r.attempts == 1 for r in rows.values())
+    assert {r.tenant_id for r in rows.values()} == {fleet.tenant_id}
