@@ -33,7 +33,11 @@ if TYPE_CHECKING:
     from hub.settings import Settings
 
 # Modules declaring a ``PLUGIN``; each is imported lazily by load_plugins().
-PLUGIN_MODULES: tuple[str, ...] = ("hub.telemetry.plugin", "hub.firmware.plugin")
+PLUGIN_MODULES: tuple[str, ...] = (
+    "hub.telemetry.plugin",
+    "hub.billing.plugin",
+    "hub.firmware.plugin",
+)
 
 
 @dataclass(frozen=True, slots=True)
