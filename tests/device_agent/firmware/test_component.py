@@ -510,7 +510,7 @@ def test_resume_refuses_an_offer_whose_anchor_was_removed(device, hub):
 
 
 def test_foreign_messages_are_not_taken(device):
-    from protocols.messages import Status  # noqa: PLC0415
+    from protocols.messages import Status
 
     assert device.component is not None
     assert device.component.on_message(Status(online=True), now=1) is None
