@@ -1,0 +1,133 @@
+"""The pull window: bounded requests, out-of-order arrival, timeouts, resync."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_agent.firmware.download import ChunkWindow
+
+
+def test_requests_cover_the_window_in_runs_of_at_most_16():
+    window = ChunkWindow(chunk_count=100, in_flight=40)
+    assert window.plan(0) == [(0, 16), (16, 16), (32, 8)]
+    assert window.plan(0) == []  # nothing asked twice
+    assert window.outstanding == 40
+
+
+def test_a_short_image_is_asked_for_once():
+    window = ChunkWindow(chunk_count=3)
+    assert window.plan(0) == [(0, 3)]
+
+
+def test_out_of_order_chunks_wait_for_the_prefix():
+    window = ChunkWindow(chunk_count=4, in_flight=4)
+    window.plan(0)
+    assert window.accept(2, b"c", 1) and window.accept(1, b"b", 1)
+    assert window.ready() == 0 and window.take() == []
+    assert window.accept(0, b"a", 1)
+    assert window.ready() == 3 and window.take() == [b"a", b"b", b"c"]
+    assert window.base == 3 and not window.complete
+    assert window.accept(3, b"d", 2) and window.take() == [b"d"] and window.complete
+
+
+def test_duplicates_and_chunks_outside_the_window_are_dropped():
+    window = ChunkWindow(chunk_count=100, in_flight=8)
+    window.plan(0)
+    assert window.accept(0, b"a", 0)
+    assert not window.accept(0, b"a", 0)
+    assert not window.accept(8, b"x", 0)  # beyond in_flight: never kept
+    window.take()
+    assert not window.accept(0, b"a", 0)  # already written
+
+
+def test_the_window_slides_as_chunks_are_written():
+    window = ChunkWindow(chunk_count=40, in_flight=16, request_size=8)
+    assert window.plan(0) == [(0, 8), (8, 8)]
+    for index in range(8):
+        window.accept(index, b"x", 0)
+    window.take()
+    assert window.plan(0) == [(16, 8)]
+
+
+def test_a_timeout_asks_for_the_missing_chunks_again_and_gives_up_after_max_stalls():
+    window = ChunkWindow(chunk_count=4, timeout=10, max_stalls=2)
+    window.plan(0)
+    window.accept(1, b"b", 3)
+    assert not window.expire(12)  # deadline moved by the progress at 3
+    assert not window.expire(13) and window.stalls == 1
+    assert window.plan(13) == [(0, 1), (2, 2)]
+    assert not window.expire(23) and window.stalls == 2
+    window.plan(23)
+    assert window.expire(33) and window.stalls == 3
+
+
+def test_progress_resets_the_stall_count():
+    window = ChunkWindow(chunk_count=4, timeout=5, max_stalls=1)
+    window.plan(0)
+    window.expire(5)
+    window.plan(5)
+    window.accept(0, b"a", 6)
+    assert window.stalls == 0
+
+
+def test_no_deadline_without_outstanding_requests():
+    window = ChunkWindow(chunk_count=4)
+    assert not window.expire(10**9)
+
+
+def test_a_refused_chunk_is_asked_again_alone():
+    window = ChunkWindow(chunk_count=4)
+    window.plan(0)
+    window.refused(2)
+    assert window.plan(0) == [(2, 1)] and window.bad_chunks == 1
+
+
+def test_restart_asks_for_everything_missing():
+    window = ChunkWindow(chunk_count=4)
+    window.plan(0)
+    window.accept(1, b"b", 0)
+    window.restart()
+    assert window.plan(0) == [(0, 1), (2, 2)]
+
+
+def test_resync_after_a_lost_write_asks_again():
+    window = ChunkWindow(chunk_count=4)
+    window.plan(0)
+    for index in range(3):
+        window.accept(index, b"x", 0)
+    window.take()
+    window.resync(1)  # only one chunk made it to disk
+    assert window.base == 1 and window.plan(0) == [(1, 3)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"request_size": 0}, {"request_size": 17}, {"in_flight": 0}, {"timeout": 0}, {"base": 5}],
+)
+def test_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        ChunkWindow(chunk_count=4, **kwargs)
+
+
+@given(
+    count=st.integers(1, 60),
+    in_flight=st.integers(1, 40),
+    size=st.integers(1, 16),
+    order=st.randoms(use_true_random=False),
+)
+@settings(max_examples=200)
+def test_any_arrival_order_reassembles_the_image(count, in_flight, size, order):
+    window = ChunkWindow(chunk_count=count, in_flight=in_flight, request_size=size)
+    written: list[int] = []
+    for _ in range(count * 4):
+        runs = window.plan(0)
+        assert all(1 <= n <= size for _, n in runs)
+        asked = [i for start, n in runs for i in range(start, start + n)]
+        assert all(window.base <= i < window.base + in_flight for i in asked)
+        order.shuffle(asked)
+        for index in asked:
+            window.accept(index, index.to_bytes(2, "big"), 0)
+        written += [int.from_bytes(c, "big") for c in window.take()]
+        if window.complete:
+            break
+    assert written == list(range(count))
