@@ -162,7 +162,7 @@ def test_the_component_downloads_over_http_and_verifies_every_chunk(tmp_path):
 
 def test_an_http_refusal_fails_the_job(tmp_path):
     fake = FakeFetcher(NEW, fail=DownloadFailed("HTTP 403", code="not_entitled", permanent=True))
-    device, hub = http_device(tmp_path, fake)
+    device, _hub = http_device(tmp_path, fake)
     device.connect()
     reports = [m for m in device.published if isinstance(m, FirmwareReport)]
     assert [r.step for r in reports] == ["downloading", "failed"]
