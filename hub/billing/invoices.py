@@ -215,24 +215,25 @@ def _filtered(query: Select[Any], tenant_id: str, flt: InvoiceFilter) -> Select[
     ):
         if value is not None:
             query = query.where(column == value)
-    if flt.since is not None or flt.until is not None:
-        query = query.join(BillingPeriod, BillingPeriod.id == Invoice.period_id)
-        if flt.since is not None:
-            query = query.where(BillingPeriod.starts_at >= flt.since)
-        if flt.until is not None:
-            query = query.where(BillingPeriod.starts_at < flt.until)
+    query = query.join(BillingPeriod, BillingPeriod.id == Invoice.period_id)
+    if flt.since is not None:
+        query = query.where(BillingPeriod.starts_at >= flt.since)
+    if flt.until is not None:
+        query = query.where(BillingPeriod.starts_at < flt.until)
     return query
 
 
 def list_invoices(
     session: Session, tenant_id: str, flt: InvoiceFilter, *, limit: int, offset: int
 ) -> tuple[list[Invoice], int]:
-    """A page of invoices, oldest first (creation time, then id)."""
+    """A page of invoices, oldest first (creation, then period start, currency, id)."""
     count_query = _filtered(select(Invoice), tenant_id, flt).subquery()
     total = session.scalar(select(func.count()).select_from(count_query)) or 0
     query = _filtered(select(Invoice), tenant_id, flt)
     rows = session.scalars(
-        query.order_by(Invoice.created_at, Invoice.id).limit(limit).offset(offset)
+        query.order_by(Invoice.created_at, BillingPeriod.starts_at, Invoice.currency, Invoice.id)
+        .limit(limit)
+        .offset(offset)
     )
     return list(rows), total
 
