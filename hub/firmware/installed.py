@@ -65,11 +65,10 @@ def installed_seqs(session: Session, device_ids: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for start in range(0, len(device_ids), 900):
         chunk = device_ids[start : start + 900]
-        found.update(
-            session.execute(
-                select(DeviceFirmware.device_id, DeviceFirmware.installed_seq).where(
-                    DeviceFirmware.device_id.in_(chunk)
-                )
-            ).tuples()
+        rows = session.execute(
+            select(DeviceFirmware.device_id, DeviceFirmware.installed_seq).where(
+                DeviceFirmware.device_id.in_(chunk)
+            )
         )
+        found.update((device_id, seq) for device_id, seq in rows)
     return found
