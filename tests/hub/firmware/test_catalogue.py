@@ -111,8 +111,13 @@ def test_bad_uploads_are_refused_with_typed_errors_and_store_nothing(
 def test_duplicate_and_older_versions_are_conflicts(world: World) -> None:
     world.package("2.0.0")
     blobs = _blobs(world)
-    for version, code in (("2.0.0", "duplicate_version"), ("1.9.9", "version_not_newer"),
-                          ("2.0.0-rc.1", "version_not_newer"), ("2.0.0+build.7", "version_not_newer")):  # fmt: skip
+    refusals = [
+        ("2.0.0", "duplicate_version"),
+        ("1.9.9", "version_not_newer"),
+        ("2.0.0-rc.1", "version_not_newer"),
+        ("2.0.0+build.7", "version_not_newer"),
+    ]
+    for version, code in refusals:
         response = world.upload(version)
         assert response.status_code == 409, response.text
         assert response.json()["error"] == code
