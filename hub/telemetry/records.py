@@ -1,0 +1,127 @@
+"""Checking one received usage record, before anything touches the database.
+
+Pure: :func:`check_record` turns a :class:`~protocols.usage_messages.RawUsageRecord`
+into a :class:`Parsed` record or a :class:`Refused` one with its reason. It
+applies exactly the checks of :func:`protocols.usage_messages.parse_record`
+(through the same public validators; a property test holds the two equal),
+remembering the meter and dimension strings already found valid, since a
+fleet sends the same few thousands times over; and it adds the hub's own:
+the key must fit a signed 64-bit column, ``seq`` starts at 1, ``ts`` must be
+a date.
+
+Quantities become exact integer **micro-units** (value x 10^6): an int
+exactly, a float through its shortest repr (so ``0.1`` is exactly 100,000),
+digits past the sixth decimal rounded half to even. Two deliveries under one
+key are the *same* record when :attr:`Parsed.content` is equal: meter,
+micro-units, dimension and timestamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from hub.telemetry.models import MICRO, SCALE
+from hub.telemetry.policy import MAX_KEY
+from protocols.errors import MessageError
+from protocols.fields import uint
+from protocols.usage_messages import RawUsageRecord, check_dim, check_meter, check_quantity
+
+MAX_TS = 253_402_300_799
+"""9999-12-31T23:59:59Z: a later ``ts`` is no date at all (rejected, not quarantined)."""
+_MEMO_LIMIT = 10_000
+_valid_meters: dict[str, None] = {}
+_valid_dims: dict[str, None] = {}
+_RECORD_WITH_DIM = 6
+
+Content = tuple[str, int, "str | None", int]
+"""``(meter, micro-units, dimension, ts)``: what must match for a duplicate."""
+
+
+def to_micro(value: int | float) -> int:
+    """Exact micro-units of a validated wire quantity."""
+    if isinstance(value, int):
+        return int(value) * MICRO
+    scaled = Decimal(repr(value)).scaleb(SCALE)
+    return int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def micro_of(value: Decimal) -> int:
+    """Micro-units of a six-decimal ``Decimal`` (as the quantity columns return)."""
+    return int(value.scaleb(SCALE).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def to_decimal(micro: int) -> Decimal:
+    """A six-decimal ``Decimal`` of micro-units."""
+    return Decimal(micro).scaleb(-SCALE)
+
+
+def to_datetime(ts: int) -> datetime:
+    """A device timestamp (Unix seconds) as an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A record whose every value is valid (its meter may still be unknown)."""
+
+    boot_epoch: int
+    seq: int
+    meter: str
+    micro: int
+    dimension: str | None
+    ts: int
+
+    @property
+    def quantity(self) -> Decimal:
+        """The quantity as a six-decimal ``Decimal``."""
+        return to_decimal(self.micro)
+
+    @property
+    def content(self) -> Content:
+        """What two deliveries of one key must agree on."""
+        return (self.meter, self.micro, self.dimension, self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record answered ``rejected``; ``storable`` when its key fits the tables."""
+
+    boot_epoch: int
+    seq: int
+    reason: str
+    storable: bool = True
+
+
+def _text(value: Any, memo: dict[str, None], check: Any) -> str:
+    if type(value) is str and value in memo:
+        return value
+    text: str = check(value)
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[text] = None
+    return text
+
+
+def check_record(raw: RawUsageRecord) -> Parsed | Refused:
+    """Validate one raw record; never raises."""
+    boot_epoch, seq = raw[0], raw[1]
+    if boot_epoch > MAX_KEY or seq > MAX_KEY:
+        return Refused(boot_epoch, seq, "boot_epoch or seq beyond 2^63-1", storable=False)
+    if seq < 1:
+        return Refused(boot_epoch, seq, "seq starts at 1")
+    try:
+        meter = _text(raw[2], _valid_meters, check_meter)
+        quantity = check_quantity(raw[3])
+        try:
+            ts = uint(raw[4])
+        except MessageError:
+            raise MessageError("ts must be an unsigned integer") from None
+        dim = _text(raw[5], _valid_dims, check_dim) if len(raw) == _RECORD_WITH_DIM else None
+    except MessageError as exc:
+        return Refused(boot_epoch, seq, str(exc)[:200])
+    if ts > MAX_TS:
+        return Refused(boot_epoch, seq, "ts beyond the year 9999")
+    return Parsed(boot_epoch, seq, meter, to_micro(quantity), dim, ts)
