@@ -43,7 +43,7 @@ from hub.db.base import Base, UTCDateTime
 AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
 QUARANTINE_REASONS = ("future", "too_old")
 SCALE = 6
-MICRO = 10**SCALE
+MICRO = 1_000_000  # 10**SCALE
 # The integer id on SQLite must be INTEGER to alias ROWID (autoincrement).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

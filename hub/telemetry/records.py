@@ -43,7 +43,7 @@ Content = tuple[str, int, "str | None", int]
 def to_micro(value: int | float) -> int:
     """Exact micro-units of a validated wire quantity."""
     if isinstance(value, int):
-        return int(value) * MICRO
+        return value * MICRO
     scaled = Decimal(repr(value)).scaleb(SCALE)
     return int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
 

@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.entitlements import service as ent_service
+from hub.entitlements.schemas import FeatureCreate
 from hub.telemetry.ingest import UsageHandler
 from hub.telemetry.models import (
     UsageConflict,
@@ -319,9 +321,6 @@ def test_other_tenants_meter_is_unknown(session_factory: sessionmaker[Session]) 
     usage = make_usage_shop(session_factory, devices=1)
     other = make_usage_shop(session_factory, devices=1)
     with other.shop.tx() as s:
-        from hub.entitlements import service as ent_service  # noqa: PLC0415
-        from hub.entitlements.schemas import FeatureCreate  # noqa: PLC0415
-
         ent_service.create_feature(
             s, tenant_id=other.tenant_id, actor="t", now=T0, product_id=other.shop.product_id,
             data=FeatureCreate(key="theirs", kind="metered", cap_per_period=5, period="day"),
@@ -472,7 +471,7 @@ def test_a_week_offline_replays_50000_records_exactly_once(
         rec(seq, (seq % 7) + 0.25, ts=week_ago + seq * 12, dim=f"u{seq % 13}")
         for seq in range(1, n + 1)
     ]
-    truth = sum(Decimal((seq % 7)) + Decimal("0.25") for seq in range(1, n + 1))
+    truth = sum(Decimal(seq % 7) + Decimal("0.25") for seq in range(1, n + 1))
     batches = [records[i : i + size] for i in range(0, n, size)]
     stored = Counter[str]()
     for chunk in batches:
