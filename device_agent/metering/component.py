@@ -69,6 +69,7 @@ class PublishCounters:
     errors: int = 0
     discarded: int = 0
     codes: dict[str, int] = field(default_factory=dict)
+    discarded_keys: list[Key] = field(default_factory=list)
 
 
 class MeteringComponent:
@@ -220,6 +221,8 @@ class MeteringComponent:
         self._strikes.pop(key, None)
         removed = self.buffer.discard([key])
         self.counters.discarded += removed
+        if removed:
+            self.counters.discarded_keys.append(key)
         log.error("usage record %s/%s refused alone %d times; discarded", *key, strikes)
 
 
