@@ -30,6 +30,8 @@ from hub.app import API_PREFIX, create_app
 from hub.billing.jobs import BillingRun, run_periods
 from hub.billing.plugin import PLUGIN
 from hub.billing.settings import BillingSettings
+from hub.entitlements import service as ent_service
+from hub.entitlements.schemas import FeatureCreate
 from hub.settings import Settings
 from hub.telemetry.models import UsageRecord
 from tests.hub.analytics.conftest import T0, Shop, make_shop
@@ -136,6 +138,7 @@ class Biller:
         meter: str = "api.calls",
         seq: int | None = None,
         covered: bool = True,
+        over_cap: bool = False,
     ) -> tuple[str, int]:
         """Store one record (``seq`` given: a replay of that key). Returns its key."""
         device_id = self.devices[device]
@@ -148,12 +151,21 @@ class Biller:
             "received_at": received_at or recorded_at + timedelta(seconds=5),
             "account_id": self.account_id if covered else None,
             "product_id": self.product_id if covered else None,
-            "entitlement_id": self.entitlement_id if covered else None, "over_cap": False,
+            "entitlement_id": self.entitlement_id if covered else None, "over_cap": over_cap,
         }  # fmt: skip
         with self.factory() as s:
             s.execute(_insert_ignoring_duplicates(s), [row])
             s.commit()
         return device_id, seq
+
+    def feature(self, key: str, **fields: Any) -> None:
+        """Add a metered feature to the product."""
+        data = FeatureCreate(key=key, kind="metered", **fields)
+        with self.shop.tx() as s:
+            ent_service.create_feature(
+                s, tenant_id=self.tenant_id, actor="test", now=T0,
+                product_id=self.product_id, data=data,
+            )  # fmt: skip
 
     def delete_usage(self, device_id: str, seq: int) -> None:
         with self.factory() as s:

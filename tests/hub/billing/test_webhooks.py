@@ -1,0 +1,277 @@
+"""Webhooks: signed deliveries to a real local HTTP server, retries, backoff, events."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from hub.audit.models import AuditEvent
+from hub.billing import notify
+from hub.billing.delivery import Outcome, deliver_due
+from hub.billing.models import WebhookDelivery, WebhookEndpoint
+from hub.billing.secret_box import SecretBox
+from hub.billing.settings import BillingSettings
+from hub.billing.signatures import SignatureInvalid, verify_signature
+from tests.hub.billing.conftest import GRACE, JAN, Biller, billing_settings
+from tests.hub.billing.test_closing import GRADUATED
+
+EVENTS = ["invoice.finalized", "usage.threshold_reached", "entitlement.expiring"]
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers 500 to the first ``failures`` requests."""
+
+    failures: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            failing = len(state.requests) <= state.failures
+            self.send_response(500 if failing else 204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.server = server
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def register(biller: Biller, url: str, events: list[str] = EVENTS) -> dict[str, Any]:
+    return dict(biller.ok(biller.post("/webhooks", {"url": url, "event_types": events}), 201))
+
+
+def deliver(
+    biller: Biller, app: FastAPI, now: datetime, settings: BillingSettings | None = None
+) -> list[Outcome]:
+    box = SecretBox(app.state.settings.keys_dir)
+    return deliver_due(biller.factory, lambda: now, box, settings or biller.settings)
+
+
+def finalized_invoice(biller: Biller) -> datetime:
+    biller.plan(GRADUATED)
+    biller.usage(42, JAN[0] + timedelta(days=1))
+    close = JAN[1] + GRACE
+    biller.run(close)
+    return close
+
+
+def deliveries(biller: Biller) -> list[WebhookDelivery]:
+    with biller.factory() as s:
+        rows = list(
+            s.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.tenant_id == biller.tenant_id)
+                .order_by(WebhookDelivery.id)
+            )
+        )
+        s.expunge_all()
+        return rows
+
+
+def test_secret_is_shown_once_and_stored_sealed(biller: Biller) -> None:
+    created = register(biller, "https://example.com/hooks")
+    secret = created["secret"]
+    assert secret.startswith("whsec_") and len(secret) > 40
+    listed = biller.ok(biller.get("/webhooks"))
+    shown = biller.ok(biller.get(f"/webhooks/{created['id']}"))
+    assert "secret" not in json.dumps(listed) and "secret" not in shown
+    with biller.factory() as s:
+        row = s.get_one(WebhookEndpoint, created["id"])
+        assert secret not in row.secret_sealed and row.secret_sealed.startswith("v1:")
+    rotated = biller.ok(biller.post(f"/webhooks/{created['id']}/rotate-secret"))
+    assert rotated["secret"] != secret
+    with biller.factory() as s:
+        audited = s.scalars(
+            select(AuditEvent.detail).where(
+                AuditEvent.tenant_id == biller.tenant_id, AuditEvent.target_type == "webhook"
+            )
+        ).all()
+    assert len(audited) == 2 and secret not in json.dumps(audited)
+
+
+def test_webhook_validation_roles_and_isolation(biller: Biller, other_biller: Biller) -> None:
+    bad = biller.post("/webhooks", {"url": "ftp://x.example/h", "event_types": EVENTS})
+    assert bad.status_code == 422
+    unknown = biller.post("/webhooks", {"url": "https://x.example", "event_types": ["nope"]})
+    assert unknown.status_code == 422
+    creds = biller.post("/webhooks", {"url": "https://u:p@x.example/", "event_types": EVENTS})
+    assert creds.status_code == 422
+    viewer = biller.client.post(
+        "/api/v1/webhooks",
+        json={"url": "https://x.example/", "event_types": EVENTS},
+        headers=biller.headers("viewer"),
+    )
+    assert viewer.status_code == 403
+    created = register(biller, "https://x.example/h")
+    assert other_biller.get(f"/webhooks/{created['id']}").status_code == 404
+    gone = other_biller.client.delete(
+        f"/api/v1/webhooks/{created['id']}", headers=other_biller.headers()
+    )
+    assert gone.status_code == 404
+    assert other_biller.ok(other_biller.get("/webhooks")) == []
+
+
+def test_signed_delivery_with_retries_and_backoff(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    receiver.failures = 2
+    secret = register(biller, receiver.url)["secret"]
+    close = finalized_invoice(biller)
+    [first] = deliver(biller, app, close)
+    assert (first.ok, first.status) == (False, 500)
+    [pending] = deliveries(biller)
+    assert (pending.status, pending.attempts) == ("pending", 1)
+    assert pending.next_attempt_at == close + timedelta(seconds=10)
+    assert deliver(biller, app, close + timedelta(seconds=9)) == []  # not due yet
+    [second] = deliver(biller, app, close + timedelta(seconds=10))
+    assert not second.ok
+    assert deliveries(biller)[0].next_attempt_at == close + timedelta(seconds=30)  # 10 * 2
+    [third] = deliver(biller, app, close + timedelta(seconds=30))
+    assert (third.ok, third.status) == (True, 204)
+    [done] = deliveries(biller)
+    assert (done.status, done.attempts) == ("delivered", 3)
+    assert deliver(biller, app, close + timedelta(hours=1)) == []
+
+    assert len(receiver.requests) == 3
+    bodies = {body for _, body in receiver.requests}
+    assert len(bodies) == 1  # the same event every time
+    for headers, body in receiver.requests:
+        assert headers["x-hub-event"] == "invoice.finalized"
+        assert headers["x-hub-delivery"] == str(done.id)
+        assert headers["content-type"] == "application/json"
+        stamp = int(headers["x-hub-signature"].split(",")[0].removeprefix("t="))
+        verify_signature(secret, headers["x-hub-signature"], body, now=stamp)
+        with pytest.raises(SignatureInvalid):
+            verify_signature(secret, headers["x-hub-signature"], body + b" ", now=stamp)
+        with pytest.raises(SignatureInvalid):
+            verify_signature("whsec_other", headers["x-hub-signature"], body, now=stamp)
+    event = json.loads(receiver.requests[0][1])
+    assert event["type"] == "invoice.finalized"
+    assert event["data"]["number"] == "INV-000001"
+    assert event["data"]["total"] == 420
+    logged = biller.ok(biller.get("/events"))["items"]
+    assert [e["id"] for e in logged] == [event["id"]]
+    listed = biller.ok(biller.get(f"/webhooks/{done.endpoint_id}/deliveries"))["items"]
+    assert listed[0]["status"] == "delivered" and listed[0]["response_status"] == 204
+
+
+def test_delivery_gives_up_after_max_attempts(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    receiver.failures = 100
+    register(biller, receiver.url)
+    now = finalized_invoice(biller)
+    for _ in range(biller.settings.delivery_max_attempts):
+        assert len(deliver(biller, app, now)) == 1
+        now += timedelta(seconds=biller.settings.delivery_max_backoff_seconds)
+    [failed] = deliveries(biller)
+    assert (failed.status, failed.attempts) == ("failed", 4)
+    assert failed.last_error == "HTTP 500"
+    assert deliver(biller, app, now + timedelta(days=1)) == []
+    with biller.factory() as s:
+        actions = s.scalars(
+            select(AuditEvent.action).where(AuditEvent.tenant_id == biller.tenant_id)
+        ).all()
+    assert "webhook.delivery_failed" in actions
+
+
+def test_private_addresses_are_refused_unless_allowed(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    register(biller, receiver.url)
+    close = finalized_invoice(biller)
+    strict = billing_settings(webhook_allow_private=False)
+    [outcome] = deliver(biller, app, close, strict)
+    assert not outcome.ok and "non-public address" in str(outcome.error)
+    assert receiver.requests == []
+
+
+def test_only_subscribed_endpoints_get_an_event(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    register(biller, receiver.url, ["entitlement.expiring"])
+    finalized_invoice(biller)
+    assert deliveries(biller) == []
+    assert len(biller.ok(biller.get("/events"))["items"]) == 1
+
+
+def test_deleting_an_endpoint_drops_its_pending_deliveries(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    created = register(biller, receiver.url)
+    close = finalized_invoice(biller)
+    assert len(deliveries(biller)) == 1
+    response = biller.client.delete(f"/api/v1/webhooks/{created['id']}", headers=biller.headers())
+    assert response.status_code == 204
+    assert deliveries(biller) == []
+    assert deliver(biller, app, close) == []
+
+
+def test_usage_threshold_events_fire_once_per_threshold(biller: Biller) -> None:
+    # Cap: 1,000 api.calls a month per device, two devices: 2,000 for the account.
+    now = JAN[0] + timedelta(days=10)
+    biller.usage(1599, JAN[0] + timedelta(days=1))
+    with biller.factory() as s:
+        assert notify.check_thresholds(s, biller.tenant_id, now, (80, 100)) == 0
+        s.commit()
+    biller.usage(1, JAN[0] + timedelta(days=2), device=1)
+    with biller.factory() as s:
+        assert notify.check_thresholds(s, biller.tenant_id, now, (80, 100)) == 1
+        assert notify.check_thresholds(s, biller.tenant_id, now, (80, 100)) == 0
+        s.commit()
+    biller.usage(400, JAN[0] + timedelta(days=3))
+    with biller.factory() as s:
+        assert notify.check_thresholds(s, biller.tenant_id, now, (80, 100)) == 1
+        s.commit()
+    events = biller.ok(biller.get("/events", type="usage.threshold_reached"))["items"]
+    assert [e["payload"]["threshold_percent"] for e in events] == [80, 100]
+    assert events[0]["payload"]["cap"] == 2000
+    assert events[0]["payload"]["usage"] == "1600"
+    assert events[0]["payload"]["period_start"].startswith("2030-01-01T00:00:00")
+    # A new month starts counting afresh.
+    with biller.factory() as s:
+        feb = datetime(2030, 2, 3, tzinfo=JAN[0].tzinfo)
+        assert notify.check_thresholds(s, biller.tenant_id, feb, (80, 100)) == 0
+
+
+def test_entitlement_expiring_fires_once_within_the_lead(biller: Biller) -> None:
+    ends = datetime(2031, 1, 1, tzinfo=JAN[0].tzinfo)
+    lead = timedelta(days=7)
+    with biller.factory() as s:
+        assert notify.check_expiring(s, biller.tenant_id, ends - timedelta(days=8), lead) == 0
+        assert notify.check_expiring(s, biller.tenant_id, ends - timedelta(days=7), lead) == 1
+        assert notify.check_expiring(s, biller.tenant_id, ends - timedelta(days=2), lead) == 0
+        s.commit()
+    [event] = biller.ok(biller.get("/events", type="entitlement.expiring"))["items"]
+    assert event["payload"]["entitlement_id"] == biller.entitlement_id
+    assert event["payload"]["seconds_left"] == 7 * 86_400
