@@ -213,6 +213,11 @@ class UsageGap(Base):
     detected_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    @property
+    def missing(self) -> int:
+        """How many sequences the gap spans."""
+        return self.last_missing_seq - self.first_missing_seq + 1
+
 
 class UsagePeriodTotal(Base):
     """A device's covered usage of one metered feature in one cap period."""

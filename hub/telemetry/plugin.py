@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 from hub.plugins import BatchHandler, HubContext, HubPlugin
 from hub.telemetry.ingest import UsageHandler
+from hub.telemetry.routers import ROUTERS
 
 
 def _inbound(_context: HubContext) -> Sequence[BatchHandler]:
     return [UsageHandler()]
 
 
-PLUGIN = HubPlugin(name="telemetry", models_module="hub.telemetry.models", inbound=_inbound)
+PLUGIN = HubPlugin(
+    name="telemetry", models_module="hub.telemetry.models", routers=ROUTERS, inbound=_inbound
+)

@@ -235,6 +235,8 @@ def aggregate(
     totals: list[UsageTotal] = []
     width = len(keys)
     for row in session.execute(query):
+        if not row[-1]:
+            continue  # no GROUP BY: one row even when nothing matched
         group = {name: _key(row[i]) for i, name in enumerate(group_by)}
         value = _value(aggregation, dialect, row[width:-1])
         totals.append(UsageTotal(keys=group, value=value, records=int(row[-1])))
