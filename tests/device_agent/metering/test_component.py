@@ -16,6 +16,7 @@ from tests.device_agent.metering.harness import (
     FakeHub,
     ack,
     batch_of,
+    bulk_append,
     component,
     keys_of,
     open_buffer,
@@ -31,10 +32,7 @@ def buffer(tmp_path):
 
 
 def fill(buffer, count, **extra):
-    return [
-        buffer.append(extra.get("meter", "m"), 1, ts=T0, dim=extra.get("dim")).record.key
-        for _ in range(count)
-    ]
+    return bulk_append(buffer, count, extra.get("meter", "m"), extra.get("dim"))
 
 
 def error(code="payload_too_large"):
