@@ -222,7 +222,8 @@ def _check_manifest(record: DeviceRecord, hub: HubState, violations: list[Violat
         return True
     violations.append(Violation(
         "stale_manifest", record.device_id,
-        f"device holds manifest seq {record.manifest_seq}, the hub's latest is {expected}",
+        f"{record.serial} holds manifest seq {record.manifest_seq}, the hub's latest is {expected}"
+        f" ({record.connects} connects, {record.crashes} crashes)",
     ))
     return False
 

@@ -110,6 +110,7 @@ class SimDevice:
         gate: ConnectGate,
         rng: random.Random,
         run_start: Callable[[], float],
+        connect_allowed: asyncio.Event | None = None,
     ) -> None:
         self.spec = spec
         self.group = spec.group
@@ -118,6 +119,7 @@ class SimDevice:
         self.recorder = recorder
         self.record: DeviceRecord = recorder.devices[spec.serial]
         self._run_start = run_start
+        self._connect_allowed = connect_allowed
         self.store = IdentityStore(spec.state_dir)
         self.session: DeviceSession | None = None
         self.features: Features | None = None
@@ -213,6 +215,8 @@ class SimDevice:
 
     async def _live(self) -> None:
         assert self.session is not None
+        if self._connect_allowed is not None:
+            await self._connect_allowed.wait()  # the fleet measures claims and connects apart
         while not self.stopping and not self._crash.is_set():
             await self._wait_until_reachable()
             if self.stopping or self._crash.is_set():
@@ -226,7 +230,7 @@ class SimDevice:
             except TransportError as exc:
                 log.debug("%s: connection lost: %s", self.spec.serial, exc)
             finally:
-                if self.online:
+                if self.online and not self.stopping:
                     self.record.connection_losses += 1
                 self.online = False
             if not self.stopping and not self._crash.is_set():
@@ -377,7 +381,7 @@ class SimDevice:
 
     def _meter_usage(self, dt: float, now: int) -> None:
         rate = self.group.usage_rate * self._usage_factor()
-        if rate <= 0 or self.features is None:
+        if rate <= 0 or self.features is None or self.settling:
             return
         self._usage_debt += rate * dt
         events = int(self._usage_debt)

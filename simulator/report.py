@@ -39,6 +39,8 @@ def to_json(outcome: RunOutcome) -> dict[str, Any]:
         "violations": [v.to_json() for v in result.violations],
         "skipped": result.skipped,
         "scale": {
+            "claim_seconds": round(stats.claim_seconds, 2),
+            "claims_per_second": round(stats.claims_per_second, 1),
             "online_seconds": round(stats.online_seconds, 2),
             "connects_per_second": round(stats.connects_per_second, 1),
             "rss_before_mib": round(stats.rss_before_mib, 1),
@@ -84,6 +86,11 @@ def _groups(outcome: RunOutcome) -> dict[str, dict[str, int]]:
         g["manifests_accepted"] += record.manifests_accepted
         g["usage_generated"] += record.usage_generated
         g["usage_sent"] += len(record.usage_sent)
+        g["usage_unacknowledged"] = g.get("usage_unacknowledged", 0) + len(
+            set(record.usage_sent) - set(record.usage_acks)
+        )
+        for code, count in record.errors.items():
+            g[f"error_{code}"] = g.get(f"error_{code}", 0) + count
     return groups
 
 
@@ -111,6 +118,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     for name in ("lost", "duplicated", "unexpected"):
         table.add_row(f"usage {name}", f"{usage[name]:,}", mark[usage[name] == 0])
     scale = report["scale"]
+    table.add_row("claims/s (ramp)", f"{scale['claims_per_second']:,.0f}", "")
     table.add_row("connects/s (ramp)", f"{scale['connects_per_second']:,.0f}", "")
     table.add_row("memory per device", f"{scale['memory_per_device_kib']:,.0f} KiB", "")
     for fault in report["faults"]:

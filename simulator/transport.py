@@ -27,8 +27,44 @@ from device_agent.transport import Incoming
 log = logging.getLogger(__name__)
 
 _AUTH_REFUSALS = frozenset({4, 5, 134, 135})
-# aiomqtt logs every pending-call warning; a fleet of agents would flood the log.
-logging.getLogger("mqtt").setLevel(logging.ERROR)
+# paho (through aiomqtt) logs every reset connection; faults make thousands of them.
+logging.getLogger("mqtt").setLevel(logging.CRITICAL)
+
+
+def _guard_writer(client: aiomqtt.Client) -> None:
+    """Register paho's socket writer only while the socket is still the client's own.
+
+    aiomqtt 2.5 defers ``add_writer(sock.fileno(), ...)`` with
+    ``call_soon_threadsafe``; when the connection is closed before that runs,
+    the stale file descriptor is either gone (an EBADF traceback in the log)
+    or, worse, already reused by another device's new connection, whose writer
+    it would replace. The replacement checks, when it runs, that the socket is
+    still the client's and still open. It is set through paho's public
+    ``on_socket_register_write`` callback.
+    """
+    loop = asyncio.get_running_loop()
+    paho_client = client._client  # noqa: SLF001 - the paho client aiomqtt wraps
+
+    def register(mqttc: paho.Client, _userdata: object, sock: object) -> None:
+        def add() -> None:
+            if mqttc.socket() is not sock or not isinstance(sock, socket.socket):
+                return
+            fileno = sock.fileno()
+            if fileno < 0:
+                return
+
+            def writable() -> None:
+                try:
+                    mqttc.loop_write()
+                except Exception:  # noqa: BLE001 - a broken pipe ends the session
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+            loop.add_writer(fileno, writable)
+
+        loop.call_soon_threadsafe(add)
+
+    paho_client.on_socket_register_write = register
 
 
 class AsyncTransport:
@@ -63,6 +99,7 @@ class AsyncTransport:
             timeout=timeout,
             protocol=aiomqtt.ProtocolVersion.V311,
         )
+        _guard_writer(self._client)
         self._open = False
 
     @property
@@ -142,13 +179,3 @@ class AsyncTransport:
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    @property
-    def paho_state(self) -> bool:
-        """Whether paho still considers itself connected (for diagnostics)."""
-        return bool(self._client._client.is_connected())  # noqa: SLF001
-
-
-def paho_error_string(code: int) -> str:
-    """paho's text for a result code."""
-    return str(paho.error_string(code))
