@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.billing import closing as period_closing
@@ -44,9 +45,13 @@ def run_periods(
     """Open due periods, mark ended ones closing, close those past their grace window."""
     run = BillingRun()
     with session_factory() as session:
-        run.opened = period_closing.open_periods(session, now, tenant_id)
-        run.closing = period_closing.mark_closing(session, now, tenant_id)
-        session.commit()
+        try:
+            run.opened = period_closing.open_periods(session, now, tenant_id)
+            run.closing = period_closing.mark_closing(session, now, tenant_id)
+            session.commit()
+        except IntegrityError:  # another worker opened the same periods first
+            session.rollback()
+            log.info("billing: periods opened concurrently by another worker; going on")
     grace = timedelta(seconds=settings.grace_seconds)
     with session_factory() as session:
         due = period_closing.due_periods(session, now, grace, tenant_id)

@@ -170,7 +170,9 @@ class Biller:
     def delete_usage(self, device_id: str, seq: int) -> None:
         with self.factory() as s:
             s.execute(
-                delete(UsageRecord).where(UsageRecord.device_id == device_id, UsageRecord.seq == seq)
+                delete(UsageRecord).where(
+                    UsageRecord.device_id == device_id, UsageRecord.seq == seq
+                )
             )
             s.commit()
 

@@ -110,7 +110,9 @@ def test_same_charge_same_start_conflicts(biller: Biller) -> None:
 
 
 def test_roles_and_tenant_isolation(biller: Biller, other_biller: Biller) -> None:
-    assert create(biller, {"meter": "api.calls", "plan": PER_UNIT}, role="viewer").status_code == 403
+    assert (
+        create(biller, {"meter": "api.calls", "plan": PER_UNIT}, role="viewer").status_code == 403
+    )
     made = biller.ok(create(biller, {"meter": "api.calls", "plan": PER_UNIT}), 201)
     foreign = f"/products/{biller.product_id}/price-plans"
     assert other_biller.get(foreign).status_code == 404
