@@ -7,6 +7,13 @@ arrive in any order; verified ones wait in memory until they extend the
 contiguous run from ``base``, which the installer then writes. Nothing outside
 the window is kept, so memory stays bounded by ``in_flight`` chunks.
 
+Skipped requests: the hub answers a device's requests in the order they
+came and may leave one unanswered (its per-batch byte budget was spent). So
+when a chunk arrives that was asked for in a *later* request than chunks
+still missing, those are taken as lost and asked for again at once, instead
+of after the timeout (a reordering hub only causes duplicates, which are
+dropped).
+
 Timeouts: when requests are outstanding and nothing new arrives for
 ``timeout`` seconds, every missing chunk of the window is requested again
 (a *stall*); progress resets the stall count, and more than ``max_stalls``
@@ -34,6 +41,8 @@ class ChunkWindow:
         timeout: Seconds without a new chunk before outstanding requests are repeated.
         max_stalls: Consecutive timeouts tolerated before :meth:`expire` gives up.
         bad_chunks: Chunks refused on arrival so far (corrupt, wrong size).
+        stalls: Consecutive timeouts without progress.
+        lost: Chunks asked for again because a later request was answered first.
     """
 
     chunk_count: int
@@ -44,8 +53,10 @@ class ChunkWindow:
     max_stalls: int = 6
     bad_chunks: int = 0
     stalls: int = 0
+    lost: int = 0
     _buffered: dict[int, bytes] = field(default_factory=dict)
-    _requested: set[int] = field(default_factory=set)
+    _requested: dict[int, int] = field(default_factory=dict)  # index -> request serial
+    _serial: int = 0
     _deadline: int | None = None
 
     def __post_init__(self) -> None:
@@ -90,7 +101,8 @@ class ChunkWindow:
         if start is not None:
             runs.append((start, self._limit() - start))
         for index, count in runs:
-            self._requested.update(range(index, index + count))
+            self._serial += 1
+            self._requested.update(dict.fromkeys(range(index, index + count), self._serial))
         if runs and self._deadline is None:
             self._deadline = now + self.timeout
         return runs
@@ -102,7 +114,9 @@ class ChunkWindow:
             ``True`` for a new chunk; ``False`` for a duplicate or one outside
             the window (dropped: nothing outside the window is kept).
         """
-        self._requested.discard(index)
+        serial = self._requested.pop(index, None)
+        if serial is not None:
+            self._forget_earlier(serial)
         if not self.wants(index):
             return False
         self._buffered[index] = data
@@ -110,10 +124,17 @@ class ChunkWindow:
         self._deadline = now + self.timeout if self._requested else None
         return True
 
+    def _forget_earlier(self, serial: int) -> None:
+        """Chunks of requests older than ``serial`` still missing were skipped: ask again."""
+        skipped = [index for index, asked in self._requested.items() if asked < serial]
+        for index in skipped:
+            del self._requested[index]
+        self.lost += len(skipped)
+
     def refused(self, index: int) -> None:
         """A chunk was refused on arrival: ask for it again with the next plan."""
         self.bad_chunks += 1
-        self._requested.discard(index)
+        self._requested.pop(index, None)
 
     def ready(self) -> int:
         """Verified chunks contiguous from ``base``, ready to be written."""

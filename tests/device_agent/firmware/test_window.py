@@ -131,3 +131,23 @@ def test_any_arrival_order_reassembles_the_image(count, in_flight, size, order):
         if window.complete:
             break
     assert written == list(range(count))
+
+
+def test_a_skipped_request_is_asked_again_when_a_later_one_is_answered():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16)
+    assert window.plan(0) == [(0, 16), (16, 16)]
+    window.accept(16, b"x", 1)  # the second request answered, the first one skipped
+    assert window.lost == 16
+    assert window.plan(1) == [(0, 16)]
+    for index in range(17, 32):
+        window.accept(index, b"x", 1)
+    assert window.plan(1) == []  # nothing else is missing
+    assert window.lost == 16
+
+
+def test_chunks_of_one_request_in_order_lose_nothing():
+    window = ChunkWindow(chunk_count=32, in_flight=32)
+    window.plan(0)
+    for index in range(32):
+        window.accept(index, b"x", 0)
+    assert window.lost == 0 and window.ready() == 32
