@@ -53,6 +53,8 @@ class BenchResult:
     description: str = ""
     notes: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    measured_at: str = ""
+    mode: str = ""
 
     @property
     def project(self) -> float:
@@ -94,7 +96,38 @@ class BenchResult:
                 for p, b in zip(self.project_runs, self.baseline_runs, strict=True)
             ],
             "detail": self.detail,
+            "description": self.description,
+            "notes": list(self.notes),
+            "measured_at": self.measured_at,
+            "mode": self.mode,
         }
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> BenchResult:
+        """Rebuild a result from its ``results.json`` entry (for merging runs).
+
+        Raises:
+            ValueError: the entry lacks a field every entry has.
+        """
+        try:
+            runs = entry["runs"]
+            return cls(
+                name=str(entry["name"]),
+                unit=str(entry["unit"]),
+                target_ratio=float(entry["target_ratio"]),
+                project_runs=[Sample(float(r["project"]), r.get("project_detail", {})) for r in runs],
+                baseline_runs=[
+                    Sample(float(r["baseline"]), r.get("baseline_detail", {})) for r in runs
+                ],
+                higher_is_better=bool(entry.get("higher_is_better", True)),
+                description=str(entry.get("description", "")),
+                notes=[str(n) for n in entry.get("notes", [])],
+                detail=dict(entry.get("detail", {})),
+                measured_at=str(entry.get("measured_at", "")),
+                mode=str(entry.get("mode", "")),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a results.json entry: {exc}") from exc
 
 
 def median(values: Sequence[float]) -> float:
@@ -209,6 +242,7 @@ def versions(mosquitto_binary: str) -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "paho-mqtt": package_version("paho-mqtt"),
+        "aiomqtt": package_version("aiomqtt"),
         "mosquitto": mosquitto_version(mosquitto_binary),
         "amqtt": package_version("amqtt"),
         "sqlalchemy": package_version("sqlalchemy"),
@@ -224,6 +258,30 @@ def _sqlite_version() -> str:
 
 
 # ------------------------------------------------------------------ files
+
+
+def merge(previous: Sequence[BenchResult], fresh: Sequence[BenchResult]) -> list[BenchResult]:
+    """``previous`` with every entry ``fresh`` has a name for replaced, sorted by name.
+
+    So ``bench/run --only X`` refreshes X and keeps the figures of the others.
+    """
+    by_name = {r.name: r for r in previous}
+    by_name.update({r.name: r for r in fresh})
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def read_json(path: Path) -> list[BenchResult]:
+    """The entries of an existing ``results.json`` (none if the file is absent).
+
+    Raises:
+        ValueError: the file is not a list of entries.
+    """
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: not a list of results")
+    return [BenchResult.from_json(entry) for entry in data]
 
 
 def write_json(path: Path, results: Sequence[BenchResult]) -> None:
@@ -274,6 +332,8 @@ def render_markdown(
         )
     for r in results:
         lines += ["", f"## {r.name}", ""]
+        if r.measured_at:
+            lines += [f"Measured {r.measured_at} ({r.mode or 'full'} run).", ""]
         if r.description:
             lines += [r.description, ""]
         lines += ["| run | project | baseline | ratio |", "|---:|---:|---:|---:|"]

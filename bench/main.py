@@ -82,12 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     versions = harness.versions(manifest_fanout.mosquitto_binary())
     _say(f"bench ({mode}): {machine['nproc']} CPUs, {machine['cpu_model']}")
     results = []
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    failed: list[str] = []
     for bench in selected:
         _say(f"{bench.NAME}:")
         started = time.monotonic()
-        result = bench.run(
-            quick=args.quick, repeats=args.repeats, profile_dir=args.profile, say=_say
-        )
+        try:
+            result = bench.run(
+                quick=args.quick, repeats=args.repeats, profile_dir=args.profile, say=_say
+            )
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
+            _say(f"{bench.NAME}: FAILED: {exc!r}")
+            failed.append(bench.NAME)
+            continue
+        result.measured_at, result.mode = stamp, mode
         results.append(result)
         _say(
             f"{bench.NAME}: project {result.project:,.1f} {result.unit}, baseline "
@@ -95,11 +103,24 @@ def main(argv: list[str] | None = None) -> int:
             f"(target {result.target_ratio:g}: {'met' if result.met else 'NOT met'}) "
             f"[{time.monotonic() - started:.0f}s]"
         )
-    harness.write_json(args.out / "results.json", results)
+    try:
+        previous = harness.read_json(args.out / "results.json")
+    except ValueError as exc:
+        _say(f"ignoring the old results.json ({exc})")
+        previous = []
+    merged = harness.merge(previous, results)
+    fresh = {r.name for r in results}
+    kept = [r.name for r in merged if r.name not in fresh]
+    if kept:
+        _say(f"kept earlier figures of: {', '.join(kept)}")
+    harness.write_json(args.out / "results.json", merged)
     harness.write_markdown(
-        args.out / "results.md", results, machine=machine, versions=versions, mode=mode
+        args.out / "results.md", merged, machine=machine, versions=versions, mode=mode
     )
     _say(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    if failed:
+        _say(f"FAILED: {', '.join(failed)} (their earlier figures, if any, were kept)")
+        return 1
     return 0
 
 
