@@ -122,11 +122,13 @@ def test_feature_gate(world: World) -> None:
     offer = of_type(world.tick(), FirmwareOffer)[0]
     assert rollout["target_count"] == 1
     # Switch the feature off for this device's entitlement: the gate closes.
-    world.ok(world.client.patch(
-        f"/api/v1/entitlements/{world.entitlement()}",
-        json={"feature_overrides": {"ota": {"enabled": False}}},
-        headers=world.headers(),
-    ))  # fmt: skip
+    world.ok(
+        world.client.patch(
+            f"/api/v1/entitlements/{world.entitlement()}",
+            json={"feature_overrides": {"ota": {"enabled": False}}},
+            headers=world.headers(),
+        )
+    )
     refused = world.send((device, FirmwareChunkRequest(job_id=offer.job_id, index=0, count=1)))
     assert _error(refused) == "not_entitled"
 
@@ -207,8 +209,14 @@ def test_confirmed_records_the_installed_version(world: World) -> None:
     assert firmware["jobs"][0]["deadline_at"] is None
     audit = world.ok(world.get("/audit", action="firmware.job.state", target_id=job, role="admin"))
     assert [e["detail"]["to"] for e in reversed(audit["items"])] == [
-        "offered", "downloading", "downloaded", "verified", "installing", "rebooting", "confirmed",
-    ]  # fmt: skip
+        "offered",
+        "downloading",
+        "downloaded",
+        "verified",
+        "installing",
+        "rebooting",
+        "confirmed",
+    ]
     assert world.show(started["id"])["counts"] == {"confirmed": 1}
 
 

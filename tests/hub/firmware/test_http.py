@@ -67,8 +67,11 @@ def test_refusals(world: World) -> None:
         assert response.status_code == 401, auth
         assert response.headers["www-authenticate"].startswith("Basic")
     # 404: another device's job looks like a missing one.
-    for path in (path_b, "/api/v1/device/firmware/job-000000000000000000000000/payload",
-                 "/api/v1/device/firmware/../payload"):  # fmt: skip
+    for path in (
+        path_b,
+        "/api/v1/device/firmware/job-000000000000000000000000/payload",
+        "/api/v1/device/firmware/../payload",
+    ):
         response = _get(world, path, creds["a"])
         assert response.status_code == 404, path
     assert _get(world, path_b, creds["a"]).json()["error"] == "unknown_job"

@@ -50,6 +50,7 @@ class World:
     product_id: str
     account_id: str
     published: list[Outbound] = field(default_factory=list)
+    devices: set[str] = field(default_factory=set)
     _entitlement: str | None = None
     _serial: int = 0
 
@@ -109,6 +110,11 @@ class World:
 
     # --- devices and entitlements -----------------------------------------------------------
 
+    def other_class(self) -> str:
+        """Another device class of this tenant (same vendor, another class id)."""
+        body = {"name": "other", "vendor_id": self.vendor_uuid, "class_id": str(uuid.uuid4())}
+        return str(self.ok(self.post("/device-classes", body), 201)["id"])
+
     def fleet(self, class_id: str | None = None) -> Fleet:
         return Fleet(self.factory, self.tenant.tenant_id, class_id or self.class_id, self.clock.now)
 
@@ -119,6 +125,7 @@ class World:
         self._serial += 1
         serial = f"FW-{uuid.uuid4().hex[:8]}-{self._serial}"
         device_id, password = self.fleet(class_id).claimed_device(serial)
+        self.devices.add(device_id)
         if tags:
             self.ok(
                 self.client.patch(
@@ -148,6 +155,7 @@ class World:
 
     def revoke_all(self) -> None:
         self.ok(self.post(f"/entitlements/{self.entitlement()}/revoke", {"reason": "test"}))
+        self._entitlement = None  # later grants go through a new entitlement
 
     # --- rollouts ---------------------------------------------------------------------------
 
@@ -177,10 +185,14 @@ class World:
         )
 
     def tick(self) -> list[tuple[str, Message]]:
-        """One engine pass; returns what it published, decoded, as (device id, message)."""
+        """One engine pass; what it published to this world's devices, as (device id, message).
+
+        The database is shared by a module's tests, so the pass also serves
+        other tests' rollouts; their messages are left out.
+        """
         start = len(self.published)
         self.engine().run()
-        return decode_all(self.published[start:])
+        return [(d, m) for d, m in decode_all(self.published[start:]) if d in self.devices]
 
     # --- device traffic ---------------------------------------------------------------------
 
