@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -189,3 +190,27 @@ def test_plan_in_force_at_the_period_end_prices_the_period(biller: Biller) -> No
     path = f"/products/{biller.product_id}/price-plans/{plan_id}"
     response = biller.client.delete(f"/api/v1{path}", headers=biller.headers("operator"))
     assert response.status_code == 409
+
+
+def test_two_workers_closing_at_once_bill_each_period_once(biller: Biller) -> None:
+    biller.plan(GRADUATED)
+    for start, _ in (JAN, FEB, MAR):
+        biller.usage(11, start + timedelta(days=1))
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(biller.run(MAR[1] + GRACE))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 2
+    assert sum(len(r.closed) for r in results) == 3
+    invoices = biller.invoices()
+    assert sorted(i["number"] for i in invoices) == ["INV-000001", "INV-000002", "INV-000003"]
+    assert [i["total"] for i in invoices] == [cost(11)] * 3
+    assert biller.audit()["ok"] is True
