@@ -10,7 +10,7 @@ the ground-truth sum of its distinct records, and the audit agrees.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,6 +20,9 @@ import pytest
 
 from hub.billing.plans import parse_plan
 from hub.billing.pricing import price
+from hub.telemetry.ingest import UsageHandler
+from protocols.messages import decode_message
+from protocols.usage_messages import RawUsageRecord, UsageAck, UsageBatch
 from tests.hub.billing.conftest import FEB, GRACE, JAN, MAR, Biller
 
 PERIODS = (JAN, FEB, MAR)
@@ -110,3 +113,70 @@ def test_invoiced_amount_is_the_price_of_the_ground_truth(biller: Biller, seed: 
     report = biller.audit()
     assert report["ok"] is True, report["differences"]
     assert report["pending"] == []
+
+
+def test_through_the_ingestion_handler_with_replayed_batches(biller: Biller) -> None:
+    """Batches go through the real usage handler; every batch is delivered twice, some
+    records again later in other batches, some after their period closed."""
+    biller.plan(PLAN)
+    rng = random.Random(7)
+    handler = UsageHandler()
+    truth: dict[int, int] = defaultdict(int)
+    pending: list[tuple[datetime, str, RawUsageRecord]] = []
+    seqs = [0, 0]
+    for index, (start, end) in enumerate(PERIODS):
+        for _ in range(40):
+            device = rng.randrange(2)
+            seqs[device] += 1
+            quantity = rng.randint(0, 30)
+            recorded = start + timedelta(seconds=rng.randrange(int((end - start).total_seconds())))
+            truth[index] += quantity
+            raw = RawUsageRecord(
+                (1, seqs[device], "api.calls", quantity, int(recorded.timestamp()))
+            )
+            late = rng.random() < 0.2
+            arrival = end + GRACE + timedelta(hours=rng.randint(1, 200)) if late else recorded
+            pending.append((arrival + timedelta(seconds=30), biller.devices[device], raw))
+    codes: Counter[str] = Counter()
+
+    def deliver_until(cutoff: datetime) -> None:
+        due = sorted((p for p in pending if p[0] < cutoff), key=lambda p: p[0])
+        for arrival, device, raw in due:
+            pending.remove((arrival, device, raw))
+            codes.update(ingest(biller, handler, device, [raw], arrival))
+            codes.update(ingest(biller, handler, device, [raw], arrival))  # the ack was lost
+            if rng.random() < 0.3:  # replayed again much later, after a reconnect
+                pending.append((arrival + timedelta(days=rng.randint(1, 40)), device, raw))
+
+    for close in [end + GRACE for _, end in PERIODS] + [MAR[1] + GRACE + timedelta(days=31)]:
+        deliver_until(close)
+        biller.run(close)
+    assert codes["stored"] == sum(seqs)
+    assert codes["duplicate"] >= sum(seqs)
+    assert set(codes) <= {"stored", "duplicate"}
+
+    billed: dict[datetime, int] = defaultdict(int)
+    for invoice in biller.invoices():
+        for line in invoice["lines"]:
+            billed[datetime.fromisoformat(line["period_start"])] += line["amount"]
+    plan = parse_plan(PLAN)
+    for index, (start, _) in enumerate(PERIODS):
+        assert billed[start] == price(plan, truth[index]).total
+    report = biller.audit()
+    assert report["ok"] is True, report["differences"]
+
+
+def ingest(
+    biller: Biller,
+    handler: UsageHandler,
+    device: str,
+    records: list[RawUsageRecord],
+    now: datetime,
+) -> list[str]:
+    """One usage batch from ``device`` through the handler, committed; the ack's codes."""
+    with biller.factory() as s:
+        [reply] = handler.handle(s, [(device, UsageBatch(records=tuple(records)))], now)
+        s.commit()
+    ack = decode_message(reply.payload)
+    assert isinstance(ack, UsageAck)
+    return [result.code for result in ack.results]
