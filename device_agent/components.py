@@ -40,13 +40,18 @@ class SessionComponent(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ComponentContext:
-    """What a component factory may use: the device's config, identity and trust."""
+    """What a component factory may use: the device's config, identity and trust.
+
+    ``boot_epoch`` is this run's boot counter (the session's), the first part of
+    every idempotency key the device mints.
+    """
 
     config: AgentConfig
     identity: Identity
     trust: TrustStore
     state_dir: Path
     clock: Callable[[], float]
+    boot_epoch: int = 0
 
 
 def default_components(context: ComponentContext) -> list[SessionComponent]:

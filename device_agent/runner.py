@@ -22,6 +22,8 @@ from device_agent.config import AgentConfig
 from device_agent.errors import AgentError, ClaimFailed, NotAuthorized, StateError, TransportError
 from device_agent.features import Features
 from device_agent.identity import Identity, IdentityStore, load_pem_device_key
+from device_agent.metering.api import open_meter_for
+from device_agent.metering.meter import Meter
 from device_agent.session import DeviceSession, build_claim, read_claim_reply
 from device_agent.transport import PahoTransport, Transport
 from device_agent.trust_store import TrustStore
@@ -97,6 +99,7 @@ class AgentRunner:
                     trust=self.trust,
                     state_dir=self.config.state_dir,
                     clock=self._clock,
+                    boot_epoch=boot_epoch,
                 )
             ),
         )
@@ -119,6 +122,18 @@ class AgentRunner:
         if self.trust is None:
             raise StateError("no identity yet: every feature is at its safe default")
         return Features(self.trust, clock=self._clock)
+
+    def meter(self) -> Meter:
+        """A usage meter for the device application (close it when done).
+
+        It records into the agent's durable buffer; the running session
+        publishes the records and deletes them once the hub acknowledges them.
+
+        Raises:
+            ConfigError: the configuration has no enabled ``[metering]`` table.
+            StateError: the buffer cannot be opened.
+        """
+        return open_meter_for(self.config, clock=self._clock)
 
     def stop(self) -> None:
         """Ask the runner to finish; safe from any thread or signal handler."""

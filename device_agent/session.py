@@ -202,16 +202,21 @@ class DeviceSession:
         elif isinstance(message, ErrorReply):
             self.last_error = message
             log.warning("hub refused %s: %s: %s", message.ref, message.code, message.message)
+            # A component may own the refused topic (a usage batch, a chunk request).
+            return self._to_components(message, topic, now, quiet=True)
         else:
             return self._to_components(message, topic, now)
         return []
 
-    def _to_components(self, message: Message, topic: str, now: int) -> list[Outgoing]:
+    def _to_components(
+        self, message: Message, topic: str, now: int, *, quiet: bool = False
+    ) -> list[Outgoing]:
         for component in self.components:
             handled = component.on_message(message, now=now)
             if handled is not None:
                 return handled
-        log.warning("unexpected %s message on %s", message.TYPE, topic)
+        if not quiet:
+            log.warning("unexpected %s message on %s", message.TYPE, topic)
         return []
 
     def _on_manifest(self, signed: bytes, now: int) -> list[Outgoing]:

@@ -231,3 +231,16 @@ def test_claim_with_a_wrong_clock_is_retried_with_the_hubs_time(tmp_path: Path) 
     first, second = hub.claims
     assert first.ts == device_clock
     assert second.ts == hub.hub_time  # corrected by the refusal's server_time
+
+
+def test_runner_gives_the_application_a_meter_only_when_metering_is_configured(
+    tmp_path: Path,
+) -> None:
+    base = {"device": {"serial": "SN-M"}, "claim": {"token": "hubc_x"}}
+    without = AgentRunner(parse_config(base, base=tmp_path / "a"))
+    with pytest.raises(ConfigError, match="metering"):
+        without.meter()
+    runner = AgentRunner(parse_config({**base, "metering": {}}, base=tmp_path / "b"))
+    # Configured, but nothing to meter against before the device has claimed.
+    with pytest.raises(StateError, match="not claimed"):
+        runner.meter()

@@ -75,3 +75,13 @@ def test_unowned_messages_are_dropped_and_ticks_reach_every_component() -> None:
     assert session.on_message(f"d/{DEV}/down/usage_ack", ack, now=1) == []
     session.tick(now=9)
     assert first.ticks == [9] and second.ticks == [9]
+
+
+def test_error_replies_reach_the_component_owning_the_refused_topic() -> None:
+    owner = Recorder(ErrorReply)
+    session = _session(owner)
+    refusal = ErrorReply(code="decode_error", message="bad", ref=f"d/{DEV}/up/usage")
+    out = session.on_message(f"d/{DEV}/down/error", encode_message(refusal), now=3)
+    assert session.last_error == refusal  # the core still records it
+    assert owner.seen == [refusal]
+    assert out == [Outgoing(f"d/{DEV}/up/usage", b"handled")]
