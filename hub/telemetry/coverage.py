@@ -3,7 +3,8 @@
 A record of meter ``m`` recorded by device ``d`` at ``t`` is **covered** by an
 entitlement when all of these hold:
 
-- ``d`` had an activation of the entitlement open at ``t``
+- ``d`` had an activation of the entitlement open at ``t`` (device times
+  are whole seconds, so an activation within second ``t`` counts from ``t``)
   (``activated_at <= t``, and ``t < deactivated_at`` when it was closed, and
   ``t < temporary_until`` for a rehost's temporary activation);
 - the entitlement's product has a ``metered`` feature with key ``m``, not
@@ -26,6 +27,7 @@ of queries and then answers per record without the database.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -215,7 +217,9 @@ def _term(
         account_id=ent.account_id,
         product_id=ent.product_id,
         order=(ent.created_at, ent.id),
-        start=max(activation.activated_at.timestamp(), ent.starts_at.timestamp()),
+        # Device timestamps are whole seconds (truncated): a term that starts
+        # within second t covers records stamped t.
+        start=math.floor(max(activation.activated_at.timestamp(), ent.starts_at.timestamp())),
         end=end,
         cap=override_cap if isinstance(override_cap, int) else cap,
         period=period,
