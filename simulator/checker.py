@@ -267,7 +267,8 @@ def _check_isolation(record: DeviceRecord, violations: list[Violation]) -> None:
         ))
 
 
-_FINAL_ROLLOUT_STATES = frozenset({"completed", "cancelled", "failed", "paused", "rolled_back"})
+_FINAL_ROLLOUT_STATES = frozenset({"draft", "completed", "aborted", "cancelled", "paused"})
+"""A rollout still ``running`` once faults stopped and the fleet settled is not final."""
 
 
 def _check_rollouts(hub: HubState, violations: list[Violation], skipped: list[str]) -> None:

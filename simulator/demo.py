@@ -1,235 +1,175 @@
-"""``make demo``: a hub on the embedded default and a handful of real agents.
+"""``make demo``: the whole story on the embedded default, told by the fleet simulator.
 
-It starts ``hub serve`` (embedded amqtt broker, SQLite, free ports, a temporary
-data directory), bootstraps a tenant, registers a device class and devices
-through the REST API (half with a batch claim token, half with pre-registered
-keys), starts one ``device-agent`` process per device, waits until every device
-has claimed its identity over MQTT and reports online, then shows one agent
-dying ungracefully (its last will marks it offline) and prints a report.
+A hub starts on the embedded broker and SQLite in a temporary directory on
+free ports. Eight simulated devices (the real agent code, on one event loop)
+are registered through the REST API, half with a batch claim token and half
+with pre-registered keys, claim their identities over MQTT and come online.
+A customer buys a product; its entitlement is activated on every device and
+each agent verifies its signed manifest. The product changes (every device
+gets a new manifest), one agent crashes and restarts from its state
+directory, the devices meter usage that the hub stores once per record, and
+the month-to-date usage is priced. Then the invariant checker's report.
+
+Steps whose hub API is not there yet are named as such, never faked.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import sys
-import tempfile
-import time
-from pathlib import Path
+from typing import Any
 
-import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from simulator.processes import AgentProcess, HubProcess, wait_until
+from simulator import report as reports
+from simulator.device import FLAG_FEATURE, SimDevice
+from simulator.fleet import RunOptions, run
+from simulator.hubapi import HubApi, HubApiError
+from simulator.hubstate import WINDOW_END, WINDOW_START
+from simulator.processes import ProcessError
+from simulator.provision import Fleet
+from simulator.scenario import Action, Fault, Group, HubOptions, Scenario
 
-DEVICES = 6
 console = Console()
 
+SCENARIO = Scenario(
+    name="demo",
+    description="provision, entitle, manifest, crash, usage, price",
+    devices=8,
+    duration_seconds=20,
+    settle_seconds=60,
+    heartbeat_seconds=5,
+    connects_per_second=50,
+    hub=HubOptions(manifest_lease_seconds=3600, manifest_renew_before_seconds=600),
+    groups=(
+        Group("thermo", claim="token", usage="steady", usage_rate=1.0),
+        Group("keyed", claim="key", usage="bursty", usage_rate=1.0),
+    ),
+    actions=(Action(at=6.0, kind="feature_change"),),
+    faults=(Fault(at=12.0, kind="agent_crash", fraction=0.125),),
+)
 
-def _write_device_key(path: Path) -> str:
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def _register(api: httpx.Client, root: Path, hub: HubProcess) -> list[AgentProcess]:
-    cls = (
-        api.post(
-            "/device-classes",
-            json={
-                "name": "thermostat-v2",
-                "vendor_id": "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
-                "class_id": "1492af14-2569-5e48-bf42-9b2d51f2ab45",
-            },
-        )
-        .raise_for_status()
-        .json()
-    )
-    agents: list[AgentProcess] = []
-    token_serials = [f"SN-{i:04d}" for i in range(DEVICES // 2)]
-    for serial in token_serials:
-        api.post(
-            "/devices", json={"serial": serial, "device_class_id": cls["id"], "tags": ["demo"]}
-        ).raise_for_status()
-    batch = (
-        api.post(
-            "/claim-batches",
-            json={"name": "demo batch", "serials": token_serials, "ttl_seconds": 3600},
-        )
-        .raise_for_status()
-        .json()
-    )
-    for serial in token_serials:
-        agents.append(_agent(root, hub, serial, token=batch["token"]))
-    for i in range(DEVICES // 2, DEVICES):
-        serial = f"SN-{i:04d}"
-        key_file = root / "keys" / f"{serial}.pem"
-        public = _write_device_key(key_file)
-        api.post(
-            "/devices",
-            json={
-                "serial": serial,
-                "device_class_id": cls["id"],
-                "tags": ["demo", "keyed"],
-                "public_key": public,
-            },
-        ).raise_for_status()
-        agents.append(_agent(root, hub, serial, key_file=key_file))
-    return agents
+_STORY = {
+    ("hub", True): "hub started: embedded amqtt broker + SQLite, temporary directory, free ports",
+    ("provision", True): "registered 8 devices over REST: 4 with a batch claim token, 4 with"
+    " pre-registered Ed25519 keys; product (premium flag, max_users limit, metered"
+    " api_calls), customer account, one entitlement per group",
+    ("claim", True): "every device claimed its identity over MQTT (signed claim, hub-issued"
+    " credentials and trust anchors, kept in each device's state directory)",
+    ("online", True): "every device is online (real agent sessions, one event loop)",
+    ("entitle", True): "entitlements activated on every device: the hub signs a manifest per"
+    " device, each agent verifies it and enables its features",
+    ("run", True): "20 s of life: the product's max_users changed (new manifests for all),"
+    " one agent crashed and restarted from disk, usage metered all along",
+    ("settle", True): "settled: every device holds the hub's latest manifest, every usage"
+    " record answered",
+}
 
 
-def _agent(root: Path, hub: HubProcess, serial: str, **claim: object) -> AgentProcess:
-    return AgentProcess(
-        directory=root / "agents" / serial,
-        serial=serial,
-        host="127.0.0.1",
-        port=hub.mqtt_port,
-        claim_port=hub.claim_port,
-        **claim,  # type: ignore[arg-type]
-    )
+class Story:
+    """Prints one line per finished phase (no progress bar: the demo is read)."""
+
+    def __init__(self) -> None:
+        self.told: set[str] = set()
+
+    def __call__(self, phase: str, done: float, total: float, info: str) -> None:
+        """Tell a phase once, when it completes."""
+        if phase in self.told or done < total:
+            return
+        self.told.add(phase)
+        line = _STORY.get((phase, True))
+        if phase == "settle" and info != "settled":
+            line = f"settle phase ended: {info}"
+        if line:
+            console.print(f"[green]✔[/] {line}")
 
 
-def _entitle(api: httpx.Client) -> str:
-    """Sell the account a product with a premium flag and a user limit; returns its id."""
-    product = (
-        api.post("/products", json={"sku": "THERMO-PRO", "name": "Thermostat Pro"})
-        .raise_for_status()
-        .json()
-    )
-    for feature in (
-        {"key": "premium", "kind": "flag"},
-        {"key": "max_users", "kind": "limit", "default_limit": 5},
-    ):
-        api.post(f"/products/{product['id']}/features", json=feature).raise_for_status()
-    account = api.post("/accounts", json={"name": "Contoso Facilities"}).raise_for_status().json()
-    entitlement = (
-        api.post(
-            "/entitlements",
-            json={
-                "account_id": account["id"],
-                "product_id": product["id"],
-                "license_model": "perpetual",
-                "quantity": DEVICES,
-            },
-        )
-        .raise_for_status()
-        .json()
-    )
-    for device in _devices(api):
-        api.post(
-            f"/entitlements/{entitlement['id']}/activations", json={"device_id": device["id"]}
-        ).raise_for_status()
-    return str(entitlement["id"])
+async def inspect(api: HubApi, fleet: Fleet, devices: list[SimDevice]) -> None:
+    """The demo's tables, read from the hub and from each device's own state."""
+    await _devices_table(api, devices)
+    await _usage_and_price(api, fleet)
+    await _rollouts(api)
 
 
-def _devices(api: httpx.Client) -> list[dict[str, object]]:
-    items: list[dict[str, object]] = (
-        api.get("/devices", params={"limit": 500}).raise_for_status().json()["items"]
-    )
-    return items
-
-
-def _premium(agent: AgentProcess) -> bool:
-    return bool(agent.features()["features"].get("premium", {}).get("enabled"))
-
-
-def _all_acknowledged(api: httpx.Client) -> bool:
-    return all(
-        api.get(f"/devices/{d['id']}/manifest").json()["delivery_state"] == "acknowledged"
-        for d in _devices(api)
-    )
-
-
-def _report(api: httpx.Client, started: float) -> None:
-    table = Table(title="devices")
-    for column in ("serial", "device id", "online", "manifest", "delivery", "features"):
+async def _devices_table(api: HubApi, devices: list[SimDevice]) -> None:
+    table = Table(title="devices: the hub's view | the device's own state")
+    for column in ("device", "online", "hub seq", "delivery", "| seq", FLAG_FEATURE, "boots",
+                   "usage acked"):
         table.add_column(column)
-    for device in sorted(_devices(api), key=lambda d: str(d["serial"])):
-        manifest = api.get(f"/devices/{device['id']}/manifest").json()
+    for device in sorted(devices, key=lambda d: d.spec.serial):
+        hub = await api.get(f"/devices/{device.device_id}")
+        manifest = await api.get(f"/devices/{device.device_id}/manifest")
+        enabled = device.features.is_enabled(FLAG_FEATURE) if device.features else False
+        record = device.record
         table.add_row(
-            str(device["serial"]),
-            str(device["id"]),
-            "yes" if device["online"] else "no",
-            f"seq {manifest['seq']}",
-            manifest["delivery_state"],
-            ", ".join(sorted(manifest["features"])),
+            device.spec.serial.split("-", 1)[1], "yes" if hub["online"] else "no",
+            str(manifest["seq"]), manifest["delivery_state"], f"| {record.manifest_seq}",
+            "on" if enabled else "off", str(record.boot_epochs), str(len(record.usage_acks)),
         )
     console.print(table)
-    audit = api.get("/audit", params={"limit": 500}).raise_for_status().json()
-    actions: dict[str, int] = {}
-    for event in audit["items"]:
-        actions[event["action"]] = actions.get(event["action"], 0) + 1
-    console.print("audit log:", ", ".join(f"{k} x{v}" for k, v in sorted(actions.items())))
-    console.print(f"done in {time.monotonic() - started:.1f}s")
+
+
+async def _usage_and_price(api: HubApi, fleet: Fleet) -> None:
+    window = {"start": WINDOW_START, "end": WINDOW_END, "by": "received"}
+    totals = await api.optional_get("/usage", params={**window, "group_by": "meter"})
+    if totals is None:
+        console.print("[yellow]usage: the hub has no usage API yet[/]")
+        return
+    items = totals["items"] if isinstance(totals, dict) else totals
+    calls = next((t for t in items if t["keys"].get("meter") == "api_calls"), None)
+    units = int(float(calls["value"])) if calls else 0
+    records = calls["records"] if calls else 0
+    console.print(f"usage stored by the hub: {records} records, {units} api_calls "
+                  "(each record once, keyed by device, boot epoch and sequence)")
+    plan = {"currency": "EUR", "model": "per_unit", "unit_price": "0.002"}
+    try:
+        charge = await api.post("/billing/preview", {"plan": plan, "quantity": units})
+    except HubApiError as exc:
+        console.print(f"[yellow]pricing: not available ({exc})[/]")
+        return
+    console.print(f"priced at EUR 0.002 per call: {_money(charge)} month to date "
+                  f"(POST /billing/preview)")
+    invoices = await api.optional_get("/invoices", params={"account_id": fleet.account_id})
+    if invoices is None:
+        console.print("[yellow]invoices: the hub has no invoice API yet[/]")
+        return
+    count = invoices.get("total", len(invoices.get("items", []))) if isinstance(invoices, dict) else 0
+    console.print(f"invoices for the account so far: {count} (an invoice is issued when the"
+                  " billing period closes, after its grace window: `hub billing run`)")
+
+
+def _money(charge: dict[str, Any]) -> str:
+    total = charge.get("total_minor", charge.get("total"))
+    currency = charge.get("currency", "EUR")
+    if isinstance(total, int):
+        return f"{currency} {total / 100:.2f}"
+    return f"{currency} {total}"
+
+
+async def _rollouts(api: HubApi) -> None:
+    rollouts = await api.optional_get("/firmware/rollouts")
+    if rollouts is None:
+        console.print("[yellow]firmware rollouts: the hub has no rollout API yet[/]")
+        return
+    console.print("[yellow]firmware rollouts: the hub's API is there; the simulator does not"
+                  " upload a package and start a rollout yet (not shown)[/]")
 
 
 def main() -> int:
     """Run the demo; returns the process exit status."""
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hub-demo-") as tmp:
-        root = Path(tmp)
-        hub = HubProcess(data_dir=root / "hub")
-        console.print(f"starting hub: embedded broker on :{hub.mqtt_port}, REST on :{hub.api_port}")
-        hub.start()
-        agents: list[AgentProcess] = []
-        try:
-            key = hub.create_tenant("Acme Devices")
-            with hub.api(key) as api:
-                agents = _register(api, root, hub)
-                console.print(
-                    f"registered {len(agents)} devices; starting {len(agents)} agent processes"
-                )
-                for agent in agents:
-                    agent.start()
-                wait_until(
-                    lambda: all(d["status"] == "claimed" and d["online"] for d in _devices(api)),
-                    timeout=60,
-                    what="every device claimed and online",
-                )
-                console.print(
-                    "[green]all devices claimed their identity over MQTT and are online[/]"
-                )
-                _entitle(api)
-                wait_until(lambda: all(_premium(a) for a in agents), timeout=60, what="enforcement")
-                console.print(
-                    "[green]entitled: every agent verified its signed manifest"
-                    " and enabled 'premium'[/]"
-                )
-                wait_until(lambda: _all_acknowledged(api), timeout=30, what="every manifest acked")
-                agents[0].kill()
-                wait_until(
-                    lambda: (
-                        not next(d for d in _devices(api) if d["serial"] == agents[0].serial)[
-                            "online"
-                        ]
-                    ),
-                    timeout=30,
-                    what="the killed agent's last will",
-                )
-                console.print(
-                    f"killed {agents[0].serial} with SIGKILL: its last will marked it offline"
-                )
-                _report(api, started)
-        except Exception as exc:
-            console.print(f"[red]demo failed: {exc}[/]\n{hub.log_tail()}")
-            return 1
-        finally:
-            for agent in agents:
-                agent.stop()
-            status = hub.stop()
-            console.print(f"hub stopped (exit status {status})")
-    return 0 if status == 0 else 1
+    console.print("[bold]IoT entitlement hub: the whole story on the embedded default[/]")
+    options = RunOptions(broker="embedded", progress=Story(), inspect=inspect)
+    try:
+        outcome = asyncio.run(run(SCENARIO, options))
+    except (ProcessError, OSError, HubApiError) as exc:
+        console.print(f"[red]demo failed: {exc}[/]")
+        return 1
+    data = reports.to_json(outcome)
+    reports.print_summary(data, console)
+    console.print(f"hub stopped (exit status {outcome.hub_exit_status}); "
+                  f"done in {outcome.stats.wall_seconds:.0f}s")
+    return 0 if outcome.result.ok and outcome.hub_exit_status == 0 else 1
 
 
 if __name__ == "__main__":

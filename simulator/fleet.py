@@ -24,7 +24,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float, float, str], None]
 """``progress(phase, done, total, info)``."""
 
+Inspect = Callable[["HubApi", "provision.Fleet", "list[SimDevice]"], Awaitable[None]]
+"""Called once the fleet has settled, before the devices stop (the demo's tables)."""
+
 
 def _quiet(_phase: str, _done: float, _total: float, _info: str) -> None:
     return None
@@ -58,6 +61,7 @@ class RunOptions:
     keep_work_dir: bool = False
     remote: Environment | None = None
     progress: Progress = _quiet
+    inspect: Inspect | None = None
 
 
 @dataclass
@@ -119,7 +123,7 @@ async def run(scenario: Scenario, options: RunOptions) -> RunOutcome:
     progress("hub", 1, 1, env.api_url)
     status: int | None = None
     try:
-        outcome = await _Run(scenario, env, devices_root, progress).go()
+        outcome = await _Run(scenario, env, devices_root, progress, options.inspect).go()
     finally:
         if options.remote is None:
             status = await asyncio.to_thread(env.stop)
@@ -145,8 +149,12 @@ def _device_root(root: Path, owned: bool) -> Path:
 
 
 class _Run:
-    def __init__(self, scenario: Scenario, env: Environment, root: Path, progress: Progress) -> None:
+    def __init__(
+        self, scenario: Scenario, env: Environment, root: Path, progress: Progress,
+        inspect: Inspect | None,
+    ) -> None:
         self.scenario, self.env, self.root, self.progress = scenario, env, root, progress
+        self.inspect = inspect
         self.rng = random.Random(scenario.seed)  # noqa: S311 - simulation, not crypto
         self.recorder = Recorder()
         self.stats = RunStats()
@@ -165,6 +173,8 @@ class _Run:
             await self._entitle(fleet)
             await self._run_phase(fleet)
             await self._settle()
+            if self.inspect is not None:
+                await self.inspect(self.api, fleet, self.devices)
             result = await self._finish()
         finally:
             await self._teardown()

@@ -18,6 +18,9 @@ from simulator.recorder import UsageKey
 
 log = logging.getLogger(__name__)
 
+WINDOW_START = "2000-01-01T00:00:00Z"
+WINDOW_END = "2100-01-01T00:00:00Z"
+
 
 async def fetch(api: HubApi, device_ids: Iterable[str]) -> HubState:
     """The hub's devices, manifests, usage and rollouts; ``alive=False`` if it is gone."""
@@ -54,29 +57,26 @@ async def _manifest_seq(api: HubApi, device_id: str) -> int | None:
 
 
 async def usage_records(api: HubApi, device_ids: list[str]) -> dict[str, list[UsageKey]] | None:
-    """Every usage record key the hub holds per device; ``None`` without a usage API."""
-    probe = await api.optional_get("/usage/records", params={"limit": 1})
+    """Every usage record key the hub holds per device; ``None`` without a usage API.
+
+    One scan of ``GET /usage/records`` over a window wide enough for any device
+    clock (on the hub's receipt time), grouped by device.
+    """
+    window = {"start": WINDOW_START, "end": WINDOW_END, "by": "received"}
+    probe = await api.optional_get("/usage/records", params={**window, "limit": 1})
     if probe is None:
         return None
     found: dict[str, list[UsageKey]] = {d: [] for d in device_ids}
-    for device_id in device_ids:
-        for item in await _pages(api, "/usage/records", {"device_id": device_id}):
-            found.setdefault(str(item["device_id"]), []).append(
-                (int(item["boot_epoch"]), int(item["seq"]))
-            )
+    for item in await api.all_pages("/usage/records", window):
+        held = found.get(str(item["device_id"]))
+        if held is not None:  # other devices of the tenant are not this run's business
+            held.append((int(item["boot_epoch"]), int(item["seq"])))
     return found
-
-
-async def _pages(api: HubApi, path: str, params: dict[str, Any]) -> list[Any]:
-    page = await api.get(path, params={**params, "limit": 500, "offset": 0})
-    if isinstance(page, list):
-        return page
-    return await api.all_pages(path, params)
 
 
 async def rollouts(api: HubApi) -> list[dict[str, Any]] | None:
     """The hub's rollouts, or ``None`` when it has no rollout API."""
-    found = await api.optional_get("/rollouts", params={"limit": 500})
+    found = await api.optional_get("/firmware/rollouts", params={"limit": 500})
     if found is None:
         return None
     items = found["items"] if isinstance(found, dict) else found
