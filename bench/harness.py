@@ -115,7 +115,9 @@ class BenchResult:
                 name=str(entry["name"]),
                 unit=str(entry["unit"]),
                 target_ratio=float(entry["target_ratio"]),
-                project_runs=[Sample(float(r["project"]), r.get("project_detail", {})) for r in runs],
+                project_runs=[
+                    Sample(float(r["project"]), r.get("project_detail", {})) for r in runs
+                ],
                 baseline_runs=[
                     Sample(float(r["baseline"]), r.get("baseline_detail", {})) for r in runs
                 ],

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             result = bench.run(
                 quick=args.quick, repeats=args.repeats, profile_dir=args.profile, say=_say
             )
-        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
+        except Exception as exc:
             _say(f"{bench.NAME}: FAILED: {exc!r}")
             failed.append(bench.NAME)
             continue

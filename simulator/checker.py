@@ -132,9 +132,7 @@ class CheckResult:
         return not self.violations
 
 
-def check(
-    records: Mapping[str, DeviceRecord], hub: HubState, facts: RunFacts
-) -> CheckResult:
+def check(records: Mapping[str, DeviceRecord], hub: HubState, facts: RunFacts) -> CheckResult:
     """Every invariant over the recorded run and the hub's final state."""
     violations: list[Violation] = []
     skipped: list[str] = []
@@ -153,7 +151,10 @@ def check(
     if not facts.firmware_available:
         skipped.append("firmware: the agent has no firmware component yet (installs unchecked)")
     return CheckResult(
-        devices=len(records), usage=usage, converged=converged, violations=violations,
+        devices=len(records),
+        usage=usage,
+        converged=converged,
+        violations=violations,
         skipped=skipped,
     )
 
@@ -179,15 +180,20 @@ def _check_usage(
         for device_id, held in hub.usage_records.items():
             if device_id not in known and held:
                 figures.unexpected += len(held)
-                violations.append(Violation(
-                    "usage_unexpected", device_id,
-                    f"{len(held)} record(s) billed to a device the simulator does not run",
-                ))
+                violations.append(
+                    Violation(
+                        "usage_unexpected",
+                        device_id,
+                        f"{len(held)} record(s) billed to a device the simulator does not run",
+                    )
+                )
     return figures
 
 
 def _usage_of_device(
-    record: DeviceRecord, held: list[UsageKey], figures: UsageFigures,
+    record: DeviceRecord,
+    held: list[UsageKey],
+    figures: UsageFigures,
     violations: list[Violation],
 ) -> None:
     counts = Counter(held)
@@ -199,14 +205,21 @@ def _usage_of_device(
     figures.lost += len(lost)
     figures.duplicated += sum(counts[k] - 1 for k in duplicated)
     figures.unexpected += sum(counts[k] for k in unexpected)
-    for kind, keys in (("usage_lost", lost), ("usage_duplicated", duplicated),
-                       ("usage_unexpected", unexpected)):
+    for kind, keys in (
+        ("usage_lost", lost),
+        ("usage_duplicated", duplicated),
+        ("usage_unexpected", unexpected),
+    ):
         if keys:
             shown = ", ".join(f"{e}/{s}" for e, s in keys[:5])
             more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-            violations.append(Violation(
-                kind, record.device_id, f"{len(keys)} record key(s) boot_epoch/seq: {shown}{more}"
-            ))
+            violations.append(
+                Violation(
+                    kind,
+                    record.device_id,
+                    f"{len(keys)} record key(s) boot_epoch/seq: {shown}{more}",
+                )
+            )
 
 
 def _check_manifest(record: DeviceRecord, hub: HubState, violations: list[Violation]) -> bool:
@@ -215,16 +228,22 @@ def _check_manifest(record: DeviceRecord, hub: HubState, violations: list[Violat
         return False
     device = hub.devices.get(record.device_id)
     if device is None:
-        violations.append(Violation("unknown_to_hub", record.device_id, "the hub lists no such device"))
+        violations.append(
+            Violation("unknown_to_hub", record.device_id, "the hub lists no such device")
+        )
         return False
     expected = device.manifest_seq or 0
     if record.manifest_seq == expected:
         return True
-    violations.append(Violation(
-        "stale_manifest", record.device_id,
-        f"{record.serial} holds manifest seq {record.manifest_seq}, the hub's latest is {expected}"
-        f" ({record.connects} connects, {record.crashes} crashes)",
-    ))
+    violations.append(
+        Violation(
+            "stale_manifest",
+            record.device_id,
+            f"{record.serial} holds manifest seq {record.manifest_seq},"
+            f" the hub's latest is {expected}"
+            f" ({record.connects} connects, {record.crashes} crashes)",
+        )
+    )
     return False
 
 
@@ -239,32 +258,47 @@ def _check_features(record: DeviceRecord, facts: RunFacts, violations: list[Viol
     for feature, seen in record.features.items():
         if seen.worst_overrun > grace:
             what = (
-                "with no manifest at all" if seen.worst_overrun == float("inf")
+                "with no manifest at all"
+                if seen.worst_overrun == float("inf")
                 else f"{seen.worst_overrun:.1f}s past the lease of manifest {seen.worst_seq}"
             )
-            violations.append(Violation(
-                "feature_past_lease", record.device_id or record.serial,
-                f"{feature} enabled {what} (grace {grace:.0f}s)",
-            ))
+            violations.append(
+                Violation(
+                    "feature_past_lease",
+                    record.device_id or record.serial,
+                    f"{feature} enabled {what} (grace {grace:.0f}s)",
+                )
+            )
         if revoked is not None and seen.last_enabled_at > revoked + facts.lease_seconds + grace:
             late = seen.last_enabled_at - revoked
-            violations.append(Violation(
-                "feature_after_revocation", record.device_id or record.serial,
-                f"{feature} enabled {late:.0f}s after the revocation (lease {facts.lease_seconds}s)",
-            ))
+            violations.append(
+                Violation(
+                    "feature_after_revocation",
+                    record.device_id or record.serial,
+                    f"{feature} enabled {late:.0f}s after the revocation"
+                    f" (lease {facts.lease_seconds}s)",
+                )
+            )
 
 
 def _check_isolation(record: DeviceRecord, violations: list[Violation]) -> None:
     if record.foreign_received:
         shown = ", ".join(sorted(set(record.foreign_received))[:5])
-        violations.append(Violation(
-            "isolation_breach", record.device_id or record.serial,
-            f"received {len(record.foreign_received)} message(s) it must never see: {shown}",
-        ))
+        violations.append(
+            Violation(
+                "isolation_breach",
+                record.device_id or record.serial,
+                f"received {len(record.foreign_received)} message(s) it must never see: {shown}",
+            )
+        )
     if record.errors.get("manifest_regressed"):
-        violations.append(Violation(
-            "manifest_rollback", record.device_id, "a replayed old manifest was accepted",
-        ))
+        violations.append(
+            Violation(
+                "manifest_rollback",
+                record.device_id,
+                "a replayed old manifest was accepted",
+            )
+        )
 
 
 _FINAL_ROLLOUT_STATES = frozenset({"draft", "completed", "aborted", "cancelled", "paused"})
@@ -278,6 +312,10 @@ def _check_rollouts(hub: HubState, violations: list[Violation], skipped: list[st
     for rollout in hub.rollouts:
         state = str(rollout.get("state") or rollout.get("status") or "")
         if state not in _FINAL_ROLLOUT_STATES:
-            violations.append(Violation(
-                "rollout_unsettled", str(rollout.get("id")), f"rollout ended in state {state!r}",
-            ))
+            violations.append(
+                Violation(
+                    "rollout_unsettled",
+                    str(rollout.get("id")),
+                    f"rollout ended in state {state!r}",
+                )
+            )

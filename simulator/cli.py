@@ -24,9 +24,12 @@ from simulator.environment import Environment
 from simulator.fleet import RunOptions, run
 from simulator.processes import ProcessError
 
-app = typer.Typer(help="Fleet simulator: many real agents against a hub, with faults.",
-                  add_completion=False, no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Fleet simulator: many real agents against a hub, with faults.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 
 
@@ -40,29 +43,38 @@ class _Bar:
     def __call__(self, phase: str, done: float, total: float, info: str) -> None:
         task = self.tasks.get(phase)
         if task is None:
-            task = self.tasks[phase] = self.progress.add_task(
-                phase, total=total or 1, info=info
-            )
+            task = self.tasks[phase] = self.progress.add_task(phase, total=total or 1, info=info)
         self.progress.update(task, completed=done, total=total or 1, info=info)
 
 
 @app.command("run")
-def run_command(
-    scenario: Annotated[str | None, typer.Option(
-        "--scenario", "-s", help="a shipped scenario name or a TOML file")] = None,
+def run_command(  # noqa: PLR0917 - typer options are parameters
+    scenario: Annotated[
+        str | None, typer.Option("--scenario", "-s", help="a shipped scenario name or a TOML file")
+    ] = None,
     devices: Annotated[int | None, typer.Option(help="number of devices (overrides)")] = None,
     duration: Annotated[float | None, typer.Option(help="run seconds (overrides)")] = None,
     report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
-    broker: Annotated[str, typer.Option(help="embedded or mosquitto (a hub we start)")] = "embedded",
+    broker: Annotated[
+        str, typer.Option(help="embedded or mosquitto (a hub we start)")
+    ] = "embedded",
     database_url: Annotated[str | None, typer.Option(help="database for the hub we start")] = None,
     hub_url: Annotated[str | None, typer.Option(help="use a running hub's REST API")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="HUB_API_KEY", help="admin key of the running hub's tenant")] = None,
-    mqtt: Annotated[str, typer.Option(help="running hub: device broker host:port")] = "127.0.0.1:1883",
-    claim_mqtt: Annotated[str | None, typer.Option(
-        help="running hub: claim broker host:port (default: --mqtt)")] = None,
-    work_dir: Annotated[Path | None, typer.Option(
-        help="device state and hub data here (default: a temporary directory, removed)")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="HUB_API_KEY", help="admin key of the running hub's tenant")
+    ] = None,
+    mqtt: Annotated[
+        str, typer.Option(help="running hub: device broker host:port")
+    ] = "127.0.0.1:1883",
+    claim_mqtt: Annotated[
+        str | None, typer.Option(help="running hub: claim broker host:port (default: --mqtt)")
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="device state and hub data here (default: a temporary directory, removed)"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Run a simulated fleet against a hub and check the invariants."""
@@ -79,13 +91,22 @@ def run_command(
     if level is None:  # thousands of agents would drown the progress bar
         logging.getLogger("device_agent").setLevel(logging.ERROR)
     with Progress(
-        TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console, disable=quiet, transient=False,
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
     ) as progress:
         bar = _Bar(progress)
         options = RunOptions(
-            broker=broker, database_url=database_url, work_dir=work_dir,
-            keep_work_dir=work_dir is not None, remote=remote, progress=bar,
+            broker=broker,
+            database_url=database_url,
+            work_dir=work_dir,
+            keep_work_dir=work_dir is not None,
+            remote=remote,
+            progress=bar,
         )
         try:
             outcome = asyncio.run(run(chosen, options))
@@ -100,7 +121,6 @@ def run_command(
         reports.write(report, data)
         console.print(f"report written to {report}")
     raise typer.Exit(0 if outcome.result.ok else 1)
-
 
 
 @app.command("scenarios")
@@ -122,8 +142,13 @@ def _remote(
     host, port = _host_port(mqtt)
     claim_host, claim_port = _host_port(claim_mqtt or mqtt)
     return Environment(
-        kind="remote", api_url=hub_url, api_key=api_key, host=host, port=port,
-        claim_host=claim_host, claim_port=claim_port,
+        kind="remote",
+        api_url=hub_url,
+        api_key=api_key,
+        host=host,
+        port=port,
+        claim_host=claim_host,
+        claim_port=claim_port,
     )
 
 

@@ -94,8 +94,16 @@ async def inspect(api: HubApi, fleet: Fleet, devices: list[SimDevice]) -> None:
 
 async def _devices_table(api: HubApi, devices: list[SimDevice]) -> None:
     table = Table(title="devices: the hub's view | the device's own state")
-    for column in ("device", "online", "hub seq", "delivery", "| seq", FLAG_FEATURE, "boots",
-                   "usage acked"):
+    for column in (
+        "device",
+        "online",
+        "hub seq",
+        "delivery",
+        "| seq",
+        FLAG_FEATURE,
+        "boots",
+        "usage acked",
+    ):
         table.add_column(column)
     for device in sorted(devices, key=lambda d: d.spec.serial):
         hub = await api.get(f"/devices/{device.device_id}")
@@ -103,9 +111,14 @@ async def _devices_table(api: HubApi, devices: list[SimDevice]) -> None:
         enabled = device.features.is_enabled(FLAG_FEATURE) if device.features else False
         record = device.record
         table.add_row(
-            device.spec.serial.split("-", 1)[1], "yes" if hub["online"] else "no",
-            str(manifest["seq"]), manifest["delivery_state"], f"| {record.manifest_seq}",
-            "on" if enabled else "off", str(record.boot_epochs), str(len(record.usage_acks)),
+            device.spec.serial.split("-", 1)[1],
+            "yes" if hub["online"] else "no",
+            str(manifest["seq"]),
+            manifest["delivery_state"],
+            f"| {record.manifest_seq}",
+            "on" if enabled else "off",
+            str(record.boot_epochs),
+            str(len(record.usage_acks)),
         )
     console.print(table)
 
@@ -120,23 +133,30 @@ async def _usage_and_price(api: HubApi, fleet: Fleet) -> None:
     calls = next((t for t in items if t["keys"].get("meter") == "api_calls"), None)
     units = int(float(calls["value"])) if calls else 0
     records = calls["records"] if calls else 0
-    console.print(f"usage stored by the hub: {records} records, {units} api_calls "
-                  "(each record once, keyed by device, boot epoch and sequence)")
+    console.print(
+        f"usage stored by the hub: {records} records, {units} api_calls "
+        "(each record once, keyed by device, boot epoch and sequence)"
+    )
     plan = {"currency": "EUR", "model": "per_unit", "unit_price": "0.002"}
     try:
         charge = await api.post("/billing/preview", {"plan": plan, "quantity": units})
     except HubApiError as exc:
         console.print(f"[yellow]pricing: not available ({exc})[/]")
         return
-    console.print(f"priced at EUR 0.002 per call: {_money(charge)} month to date "
-                  f"(POST /billing/preview)")
+    console.print(
+        f"priced at EUR 0.002 per call: {_money(charge)} month to date (POST /billing/preview)"
+    )
     invoices = await api.optional_get("/invoices", params={"account_id": fleet.account_id})
     if invoices is None:
         console.print("[yellow]invoices: the hub has no invoice API yet[/]")
         return
-    count = invoices.get("total", len(invoices.get("items", []))) if isinstance(invoices, dict) else 0
-    console.print(f"invoices for the account so far: {count} (an invoice is issued when the"
-                  " billing period closes, after its grace window: `hub billing run`)")
+    count = (
+        invoices.get("total", len(invoices.get("items", []))) if isinstance(invoices, dict) else 0
+    )
+    console.print(
+        f"invoices for the account so far: {count} (an invoice is issued when the"
+        " billing period closes, after its grace window: `hub billing run`)"
+    )
 
 
 def _money(charge: dict[str, Any]) -> str:
@@ -152,8 +172,10 @@ async def _rollouts(api: HubApi) -> None:
     if rollouts is None:
         console.print("[yellow]firmware rollouts: the hub has no rollout API yet[/]")
         return
-    console.print("[yellow]firmware rollouts: the hub's API is there; the simulator does not"
-                  " upload a package and start a rollout yet (not shown)[/]")
+    console.print(
+        "[yellow]firmware rollouts: the hub's API is there; the simulator does not"
+        " upload a package and start a rollout yet (not shown)[/]"
+    )
 
 
 def main() -> int:
@@ -167,8 +189,10 @@ def main() -> int:
         return 1
     data = reports.to_json(outcome)
     reports.print_summary(data, console)
-    console.print(f"hub stopped (exit status {outcome.hub_exit_status}); "
-                  f"done in {outcome.stats.wall_seconds:.0f}s")
+    console.print(
+        f"hub stopped (exit status {outcome.hub_exit_status}); "
+        f"done in {outcome.stats.wall_seconds:.0f}s"
+    )
     return 0 if outcome.result.ok and outcome.hub_exit_status == 0 else 1
 
 

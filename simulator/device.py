@@ -225,7 +225,9 @@ class SimDevice:
             try:
                 await self._operate(self.session)
             except NotAuthorized as exc:
-                self.record.errors["not_authorized"] = self.record.errors.get("not_authorized", 0) + 1
+                self.record.errors["not_authorized"] = (
+                    self.record.errors.get("not_authorized", 0) + 1
+                )
                 log.info("%s: broker refused: %s", self.spec.serial, exc)
             except TransportError as exc:
                 log.debug("%s: connection lost: %s", self.spec.serial, exc)

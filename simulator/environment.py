@@ -77,11 +77,24 @@ class MosquittoPair:
         """
         for args in (
             ["db", "upgrade"],
-            ["mosquitto-config", "--out", str(self.directory), "--port", str(self.port),
-             "--claim-port", str(self.claim_port), "--claim-hub-port", str(self.claim_hub_port)],
+            [
+                "mosquitto-config",
+                "--out",
+                str(self.directory),
+                "--port",
+                str(self.port),
+                "--claim-port",
+                str(self.claim_port),
+                "--claim-hub-port",
+                str(self.claim_hub_port),
+            ],
         ):
             done = subprocess.run(  # noqa: S603 - our own interpreter and module
-                [*HUB_MODULE, *args], env=env, capture_output=True, text=True, timeout=120,
+                [*HUB_MODULE, *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
                 check=False,
             )
             if done.returncode != 0:
@@ -225,7 +238,9 @@ def start(
         return _start_with_mosquitto(data_dir, options, database_url)
     if broker != "embedded":
         raise ProcessError(f"unknown broker {broker!r}: embedded or mosquitto")
-    hub = HubProcess(data_dir=data_dir / "hub", database_url=database_url, extra_env=hub_env(options))
+    hub = HubProcess(
+        data_dir=data_dir / "hub", database_url=database_url, extra_env=hub_env(options)
+    )
     hub.start()
     try:
         key = hub.create_tenant("Fleet Simulator")
@@ -233,8 +248,14 @@ def start(
         hub.stop()
         raise
     return Environment(
-        kind="embedded", api_url=hub.api_url, api_key=key, host="127.0.0.1",
-        port=hub.mqtt_port, claim_host="127.0.0.1", claim_port=hub.claim_port, hub=hub,
+        kind="embedded",
+        api_url=hub.api_url,
+        api_key=key,
+        host="127.0.0.1",
+        port=hub.mqtt_port,
+        claim_host="127.0.0.1",
+        claim_port=hub.claim_port,
+        hub=hub,
     )
 
 
@@ -258,7 +279,9 @@ def _start_with_mosquitto(
         "HUB_MOSQUITTO_PASSWORD_FILE": str(brokers.password_file),
         "HUB_MOSQUITTO_PID_FILE": str(brokers.pid_file),
     }
-    hub = HubProcess(data_dir=hub_dir, broker="external", database_url=database_url, extra_env=extra)
+    hub = HubProcess(
+        data_dir=hub_dir, broker="external", database_url=database_url, extra_env=extra
+    )
     try:
         hub.start()
         key = hub.create_tenant("Fleet Simulator")
@@ -267,7 +290,13 @@ def _start_with_mosquitto(
         brokers.stop()
         raise
     return Environment(
-        kind="mosquitto", api_url=hub.api_url, api_key=key, host="127.0.0.1",
-        port=brokers.port, claim_host="127.0.0.1", claim_port=brokers.claim_port, hub=hub,
+        kind="mosquitto",
+        api_url=hub.api_url,
+        api_key=key,
+        host="127.0.0.1",
+        port=brokers.port,
+        claim_host="127.0.0.1",
+        claim_port=brokers.claim_port,
+        hub=hub,
         brokers=brokers,
     )

@@ -80,6 +80,7 @@ class RunStats:
     faults: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
     api_calls: int = 0
+    api_server_errors: int = 0
     wall_seconds: float = 0.0
 
 
@@ -116,10 +117,15 @@ async def run(scenario: Scenario, options: RunOptions) -> RunOutcome:
     devices_root = _device_root(root, owned)
     progress = options.progress
     progress("hub", 0, 1, f"starting a hub ({options.broker})")
-    env = options.remote or await asyncio.to_thread(
-        environment.start, broker=options.broker, data_dir=root,
-        options=scenario.hub, database_url=options.database_url,
-    )
+    env = options.remote
+    if env is None:
+        env = await asyncio.to_thread(
+            environment.start,
+            broker=options.broker,
+            data_dir=root,
+            options=scenario.hub,
+            database_url=options.database_url,
+        )
     progress("hub", 1, 1, env.api_url)
     status: int | None = None
     try:
@@ -150,7 +156,11 @@ def _device_root(root: Path, owned: bool) -> Path:
 
 class _Run:
     def __init__(
-        self, scenario: Scenario, env: Environment, root: Path, progress: Progress,
+        self,
+        scenario: Scenario,
+        env: Environment,
+        root: Path,
+        progress: Progress,
         inspect: Inspect | None,
     ) -> None:
         self.scenario, self.env, self.root, self.progress = scenario, env, root, progress
@@ -179,6 +189,7 @@ class _Run:
         finally:
             await self._teardown()
         self.stats.api_calls = self.api.calls
+        self.stats.api_server_errors = self.api.server_errors
         return RunOutcome(self.scenario, self.env.kind, result, self.stats, self.recorder)
 
     # ------------------------------------------------------------ phases
@@ -200,26 +211,36 @@ class _Run:
         gate = ConnectGate(self.scenario.connects_per_second)
         n_addr = self.scenario.source_addresses
         for index, (serial, group) in enumerate(self._serials(fleet)):
-            proxy = self.proxies.get(group.name)
+            relay = self.proxies.get(group.name)
             endpoints = Endpoints(
-                host="127.0.0.1" if proxy else self.env.host,
-                port=proxy.port if proxy else self.env.port,
+                host="127.0.0.1" if relay else self.env.host,
+                port=relay.port if relay else self.env.port,
                 claim_host=self.env.claim_host,
                 claim_port=self.env.claim_port,
             )
             spec = DeviceSpec(
-                serial=serial, group=group, state_dir=self.root / serial,
-                endpoints=endpoints, bind_address=f"127.0.0.{1 + index % n_addr}",
+                serial=serial,
+                group=group,
+                state_dir=self.root / serial,
+                endpoints=endpoints,
+                bind_address=f"127.0.0.{1 + index % n_addr}",
                 keepalive=self.scenario.keepalive_seconds,
                 heartbeat_seconds=self.scenario.heartbeat_seconds,
-                token=fleet.tokens.get(group.name), key=fleet.keys.get(serial),
+                token=fleet.tokens.get(group.name),
+                key=fleet.keys.get(serial),
                 sections=self._sections(fleet, group),
             )
             self.recorder.add(serial, group.name, group.clock_skew_seconds, group.malicious)
             rng = random.Random(self.rng.getrandbits(64))  # noqa: S311
             self.devices.append(
-                SimDevice(spec, recorder=self.recorder, gate=gate, rng=rng,
-                          run_start=lambda: self.t0, connect_allowed=self.connect_allowed)
+                SimDevice(
+                    spec,
+                    recorder=self.recorder,
+                    gate=gate,
+                    rng=rng,
+                    run_start=lambda: self.t0,
+                    connect_allowed=self.connect_allowed,
+                )
             )
         self.stats.rss_before_mib = rss_mib()
         for device in self.devices:
@@ -240,8 +261,11 @@ class _Run:
         self.stats.rss_online_mib = rss_mib()
         grown = self.stats.rss_online_mib - self.stats.rss_before_mib
         self.stats.memory_per_device_kib = grown * 1024 / max(1, total)
-        self.recorder.event(0.0, f"{claimed}/{total} claimed in {self.stats.claim_seconds:.1f}s,"
-                            f" {online}/{total} online in {took:.1f}s")
+        self.recorder.event(
+            0.0,
+            f"{claimed}/{total} claimed in {self.stats.claim_seconds:.1f}s,"
+            f" {online}/{total} online in {took:.1f}s",
+        )
 
     async def _wait_for(
         self, phase: str, count: Callable[[], int], total: int, limit: float
@@ -316,7 +340,9 @@ class _Run:
                     break
                 quiet_since = time.monotonic()
         self.stats.settle_seconds = time.monotonic() - started
-        self.progress("settle", limit, limit, "settled" if self.stats.converged_in_settle else "timed out")
+        self.progress(
+            "settle", limit, limit, "settled" if self.stats.converged_in_settle else "timed out"
+        )
 
     def _fingerprint(self) -> tuple[int, ...]:
         records = self.recorder.devices.values()
@@ -336,7 +362,8 @@ class _Run:
         hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
         return all(
             (hub.devices[d.device_id].manifest_seq or 0) == d.record.manifest_seq
-            for d in self.devices if d.device_id in hub.devices
+            for d in self.devices
+            if d.device_id in hub.devices
         ) and len(hub.devices) == len(self.devices)
 
     async def _finish(self) -> CheckResult:
@@ -372,7 +399,7 @@ class _Run:
     # ------------------------------------------------------------ helpers
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -425,7 +452,9 @@ class _Run:
         elif fault.kind == "broker_restart":
             await self.env.broker_restart(fault.down_seconds)
         elif fault.kind == "agent_crash":
-            victims = self.rng.sample(self.devices, max(1, round(fault.fraction * len(self.devices))))
+            victims = self.rng.sample(
+                self.devices, max(1, round(fault.fraction * len(self.devices)))
+            )
             for device in victims:
                 device.crash()
             entry["devices"] = len(victims)

@@ -41,6 +41,7 @@ class HubApi:
         )
         self._slots = asyncio.Semaphore(concurrency)
         self.calls = 0
+        self.server_errors = 0
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -64,6 +65,13 @@ class HubApi:
             except httpx.TransportError as exc:
                 if time.monotonic() + delay > deadline:
                     raise HubApiError(f"{method} {path}: hub unreachable: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if response.status_code >= 500 and time.monotonic() + delay < deadline:
+                # A hub bug or overload (e.g. SQLite "database is locked"): counted, retried.
+                self.server_errors += 1
+                log.warning("%s %s: %d, retrying", method, path, response.status_code)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue

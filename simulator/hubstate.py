@@ -9,7 +9,7 @@ passed).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simulator.checker import HubDevice, HubState
@@ -34,7 +34,10 @@ async def fetch(api: HubApi, device_ids: Iterable[str]) -> HubState:
     seqs = await api.gather(_manifest_seq(api, d["id"]) for d in rows)
     devices = {
         d["id"]: HubDevice(
-            device_id=d["id"], serial=d["serial"], status=d["status"], manifest_seq=seq,
+            device_id=d["id"],
+            serial=d["serial"],
+            status=d["status"],
+            manifest_seq=seq,
             online=bool(d.get("online")),
         )
         for d, seq in zip(rows, seqs, strict=True)
@@ -74,7 +77,7 @@ async def usage_records(api: HubApi, device_ids: list[str]) -> dict[str, list[Us
     return found
 
 
-async def rollouts(api: HubApi) -> list[dict[str, Any]] | None:
+async def rollouts(api: HubApi) -> list[Mapping[str, Any]] | None:
     """The hub's rollouts, or ``None`` when it has no rollout API."""
     found = await api.optional_get("/firmware/rollouts", params={"limit": 500})
     if found is None:

@@ -73,13 +73,21 @@ async def _replay_manifest(device: SimDevice, victim: str | None) -> None:
         return
     held = session.manifest_seq
     # (a) a replay straight into the device: the trust core must refuse a rollback.
-    await device.send(session.on_message(topics.device_down(device.device_id, topics.DownKind.MANIFEST), old, now=device.now()))
+    await device.send(
+        session.on_message(
+            topics.device_down(device.device_id, topics.DownKind.MANIFEST), old, now=device.now()
+        )
+    )
     if session.manifest_seq < held:
         device.record.errors["manifest_regressed"] = 1
     # (b) onto down topics, which only the hub may write.
-    await _publish(device, topics.device_down(device.device_id, topics.DownKind.MANIFEST), old, plant=True)
+    await _publish(
+        device, topics.device_down(device.device_id, topics.DownKind.MANIFEST), old, plant=True
+    )
     if victim:
-        await _publish(device, topics.device_down(victim, topics.DownKind.MANIFEST), old, plant=True)
+        await _publish(
+            device, topics.device_down(victim, topics.DownKind.MANIFEST), old, plant=True
+        )
     # (c) tell the hub a stale sequence was accepted.
     stale = ManifestAck(seq=max(1, held - 1), status="accepted", reason=None)
     up = topics.device_up(device.device_id, topics.UpKind.MANIFEST_ACK)

@@ -61,8 +61,11 @@ async def register(api: HubApi, scenario: Scenario) -> Fleet:
     fleet.vendor_uuid, fleet.class_uuid = str(uuid.uuid4()), str(uuid.uuid4())
     cls = await api.post(
         "/device-classes",
-        {"name": f"sim-{uuid.uuid4().hex[:8]}", "vendor_id": fleet.vendor_uuid,
-         "class_id": fleet.class_uuid},
+        {
+            "name": f"sim-{uuid.uuid4().hex[:8]}",
+            "vendor_id": fleet.vendor_uuid,
+            "class_id": fleet.class_uuid,
+        },
     )
     fleet.class_id = cls["id"]
     rows: list[tuple[str, str]] = []
@@ -83,8 +86,11 @@ async def register(api: HubApi, scenario: Scenario) -> Fleet:
         if group.claim == "token":
             batch = await api.post(
                 "/claim-batches",
-                {"name": f"sim {group.name}", "serials": fleet.groups[group.name],
-                 "ttl_seconds": 86_400},
+                {
+                    "name": f"sim {group.name}",
+                    "serials": fleet.groups[group.name],
+                    "ttl_seconds": 86_400,
+                },
             )
             fleet.tokens[group.name] = batch["token"]
     return fleet
@@ -96,7 +102,9 @@ async def _import(api: HubApi, fleet: Fleet, rows: list[tuple[str, str]]) -> Non
     for serial, public in rows:
         out.write(f"{serial},{fleet.class_id},sim,{public}\n")
     result = await api.request(
-        "POST", "/devices/import", content=out.getvalue().encode(),
+        "POST",
+        "/devices/import",
+        content=out.getvalue().encode(),
         headers={"Content-Type": "text/csv"},
     )
     failed = [r for r in result["rows"] if r["status"] != "created"]
@@ -115,8 +123,13 @@ async def sell(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
     for body in (
         {"key": "premium", "kind": "flag"},
         {"key": "max_users", "kind": "limit", "default_limit": fleet.limit},
-        {"key": "api_calls", "kind": "metered", "cap_per_period": METERED_CAP,
-         "period": "month", "overage": "flag"},
+        {
+            "key": "api_calls",
+            "kind": "metered",
+            "cap_per_period": METERED_CAP,
+            "period": "month",
+            "overage": "flag",
+        },
     ):
         feature = await api.post(f"/products/{fleet.product_id}/features", body)
         fleet.features[feature["key"]] = feature["id"]
@@ -125,8 +138,12 @@ async def sell(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
     for group in scenario.groups:
         entitlement = await api.post(
             "/entitlements",
-            {"account_id": fleet.account_id, "product_id": fleet.product_id,
-             "license_model": "perpetual", "quantity": len(fleet.groups[group.name])},
+            {
+                "account_id": fleet.account_id,
+                "product_id": fleet.product_id,
+                "license_model": "perpetual",
+                "quantity": len(fleet.groups[group.name]),
+            },
         )
         fleet.entitlements[group.name] = entitlement["id"]
 
@@ -135,8 +152,9 @@ async def activate(api: HubApi, fleet: Fleet, group: str) -> None:
     """Activate the group's entitlement on each of its devices."""
     entitlement = fleet.entitlements[group]
     await api.gather(
-        api.post(f"/entitlements/{entitlement}/activations",
-                 {"device_id": fleet.device_ids[serial]})
+        api.post(
+            f"/entitlements/{entitlement}/activations", {"device_id": fleet.device_ids[serial]}
+        )
         for serial in fleet.groups[group]
     )
 
@@ -145,7 +163,8 @@ async def change_limit(api: HubApi, fleet: Fleet) -> int:
     """Raise ``max_users``: every entitled device gets a new manifest. Returns the new limit."""
     fleet.limit += 1
     await api.request(
-        "PATCH", f"/products/{fleet.product_id}/features/{fleet.features['max_users']}",
+        "PATCH",
+        f"/products/{fleet.product_id}/features/{fleet.features['max_users']}",
         json={"default_limit": fleet.limit},
     )
     return fleet.limit

@@ -58,6 +58,7 @@ def to_json(outcome: RunOutcome) -> dict[str, Any]:
         "events": outcome.recorder.events,
         "hub_exit_status": outcome.hub_exit_status,
         "api_calls": stats.api_calls,
+        "api_server_errors": stats.api_server_errors,
         "wall_seconds": round(stats.wall_seconds, 1),
     }
 
@@ -75,8 +76,16 @@ def _groups(outcome: RunOutcome) -> dict[str, dict[str, int]]:
     for record in outcome.recorder.devices.values():
         g = groups.setdefault(
             record.group,
-            {"devices": 0, "connects": 0, "connection_losses": 0, "crashes": 0,
-             "boot_epochs": 0, "manifests_accepted": 0, "usage_generated": 0, "usage_sent": 0},
+            {
+                "devices": 0,
+                "connects": 0,
+                "connection_losses": 0,
+                "crashes": 0,
+                "boot_epochs": 0,
+                "manifests_accepted": 0,
+                "usage_generated": 0,
+                "usage_sent": 0,
+            },
         )
         g["devices"] += 1
         g["connects"] += record.connects
@@ -111,8 +120,11 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     table.add_column("", justify="center")
     mark = {True: "[green]ok[/]", False: "[red]FAIL[/]"}
     table.add_row("devices", str(report["devices"]), "")
-    table.add_row("manifests converged", f"{manifests['converged']}/{manifests['total']}",
-                  mark[manifests["converged"] == manifests["total"]])
+    table.add_row(
+        "manifests converged",
+        f"{manifests['converged']}/{manifests['total']}",
+        mark[manifests["converged"] == manifests["total"]],
+    )
     for name in ("generated", "sent", "acknowledged", "unacknowledged", "billed"):
         table.add_row(f"usage {name}", f"{usage[name]:,}", "")
     for name in ("lost", "duplicated", "unexpected"):
@@ -131,7 +143,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     for line in report["skipped"]:
         console.print(f"[yellow]not checked[/]: {line}")
     for violation in report["violations"][:30]:
-        console.print(f"[red]violation[/] {violation['kind']} {violation['device'] or ''}: "
-                      f"{violation['detail']}")
+        console.print(
+            f"[red]violation[/] {violation['kind']} {violation['device'] or ''}: "
+            f"{violation['detail']}"
+        )
     if len(report["violations"]) > 30:
         console.print(f"... and {len(report['violations']) - 30} more (see the JSON report)")

@@ -216,7 +216,9 @@ class Scenario:
 def shipped() -> list[str]:
     """Names of the scenarios shipped with the package."""
     folder = resources.files("simulator") / "scenarios"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def load(name_or_path: str) -> Scenario:
@@ -256,7 +258,9 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise ScenarioError(f"group names must be unique: {names}")
-    faults = tuple(_fault(_Table(f, f"faults[{i}]"), names) for i, f in enumerate(top.tables("faults")))
+    faults = tuple(
+        _fault(_Table(f, f"faults[{i}]"), names) for i, f in enumerate(top.tables("faults"))
+    )
     actions = tuple(
         _action(_Table(a, f"actions[{i}]"), names) for i, a in enumerate(top.tables("actions"))
     )

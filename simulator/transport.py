@@ -43,7 +43,7 @@ def _guard_writer(client: aiomqtt.Client) -> None:
     ``on_socket_register_write`` callback.
     """
     loop = asyncio.get_running_loop()
-    paho_client = client._client  # noqa: SLF001 - the paho client aiomqtt wraps
+    paho_client = client._client
 
     def register(mqttc: paho.Client, _userdata: object, sock: object) -> None:
         def add() -> None:
@@ -56,7 +56,7 @@ def _guard_writer(client: aiomqtt.Client) -> None:
             def writable() -> None:
                 try:
                     mqttc.loop_write()
-                except Exception:  # noqa: BLE001 - a broken pipe ends the session
+                except Exception:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
 
@@ -117,7 +117,7 @@ class AsyncTransport:
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttCodeError as exc:
-            code = exc.rc.value if hasattr(exc.rc, "value") else exc.rc
+            code = _code(exc.rc)
             if code in _AUTH_REFUSALS:
                 raise NotAuthorized(f"broker refused the login (code {code})") from exc
             raise TransportError(f"broker refused the connection: {exc}") from exc
@@ -135,8 +135,8 @@ class AsyncTransport:
             granted = await self._client.subscribe(topic_filter, qos=1)
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe failed: {exc}") from exc
-        codes = [getattr(code, "value", code) for code in granted]
-        return bool(codes) and all(int(c) < 0x80 for c in codes)
+        codes = [_code(code) for code in granted]
+        return bool(codes) and all(c < 0x80 for c in codes)
 
     async def publish(self, message: Outgoing) -> None:
         """Publish and, at QoS 1, wait for the broker's PUBACK.
@@ -175,7 +175,15 @@ class AsyncTransport:
     def crash(self) -> None:
         """Drop the connection without DISCONNECT: the broker sends the last will."""
         self._open = False
-        sock = self._client._client.socket()  # noqa: SLF001 - paho's public socket(), via aiomqtt
+        sock = self._client._client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _code(value: object) -> int:
+    """An MQTT result code as an int (paho gives ints or ``ReasonCode`` objects)."""
+    if isinstance(value, int):
+        return value
+    number = getattr(value, "value", None)
+    return int(number) if isinstance(number, int) else -1

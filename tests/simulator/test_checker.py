@@ -23,7 +23,10 @@ def clean_run() -> tuple[dict[str, DeviceRecord], HubState]:
             "dev-a": HubDevice("dev-a", "A", "claimed", 3),
             "dev-b": HubDevice("dev-b", "B", "claimed", 3),
         },
-        usage_records={"dev-a": [(1, n) for n in range(1, 6)], "dev-b": [(1, n) for n in range(1, 6)]},
+        usage_records={
+            "dev-a": [(1, n) for n in range(1, 6)],
+            "dev-b": [(1, n) for n in range(1, 6)],
+        },
         rollouts=[],
     )
     return records, hub
@@ -127,19 +130,28 @@ def test_feature_past_lease_respects_the_declared_clock_lag() -> None:
 def test_feature_enabled_without_a_manifest_is_a_violation() -> None:
     records, hub = clean_run()
     recorder = Recorder()
-    recorder.feature_check(records["A"], feature="premium", enabled=True, real_now=5.0,
-                           not_after=None, seq=0)
+    recorder.feature_check(
+        records["A"], feature="premium", enabled=True, real_now=5.0, not_after=None, seq=0
+    )
     assert kinds(check(records, hub, FACTS)) == ["feature_past_lease"]
 
 
 def test_feature_after_revocation_plus_lease_is_a_violation() -> None:
     records, hub = clean_run()
     records["A"].features["premium"] = FeatureSeen(last_enabled_at=1000.0, worst_overrun=-5.0)
-    facts = RunFacts(lease_seconds=120, revoked_at={"g": 1000.0 - 130}, metering_available=True,
-                     firmware_available=True)
+    facts = RunFacts(
+        lease_seconds=120,
+        revoked_at={"g": 1000.0 - 130},
+        metering_available=True,
+        firmware_available=True,
+    )
     assert kinds(check(records, hub, facts)) == ["feature_after_revocation"]
-    facts = RunFacts(lease_seconds=120, revoked_at={"g": 1000.0 - 100}, metering_available=True,
-                     firmware_available=True)
+    facts = RunFacts(
+        lease_seconds=120,
+        revoked_at={"g": 1000.0 - 100},
+        metering_available=True,
+        firmware_available=True,
+    )
     assert check(records, hub, facts).ok
 
 

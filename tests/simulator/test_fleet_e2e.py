@@ -29,8 +29,10 @@ def _backends() -> list[tuple[str, str]]:
     found = [("embedded", "sqlite")]
     if mosquitto_binary() or postgres_url():
         found.append(
-            ("mosquitto" if mosquitto_binary() else "embedded",
-             "postgresql" if postgres_url() else "sqlite")
+            (
+                "mosquitto" if mosquitto_binary() else "embedded",
+                "postgresql" if postgres_url() else "sqlite",
+            )
         )
     return found
 
