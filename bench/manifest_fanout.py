@@ -37,7 +37,6 @@ import contextlib
 import cProfile
 import io
 import logging
-import multiprocessing
 import os
 import pstats
 import secrets
@@ -53,7 +52,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +60,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench._fanout_devices import SUBSCRIBE_CHUNK as _SUBSCRIBE_CHUNK
+from bench._fanout_devices import Simulator
 from bench.harness import BenchResult, Sample, interleave, rate
 from hub.broker.passwords import hash_password, new_secret
 from hub.clock import utc_now
@@ -79,7 +79,7 @@ from hub.inbound import BatchResult, InboundRouter
 from hub.manifests.models import DeviceManifest
 from hub.manifests.publisher import ManifestPublisher
 from hub.manifests.service import ManifestPolicy
-from hub.mqtt.adapter import INFLIGHT_WINDOW, HubMqttClient
+from hub.mqtt.adapter import INFLIGHT_WINDOW, PAHO_INFLIGHT_LIMIT, HubMqttClient
 from hub.mqtt.outbound import Inbound, Outbound
 from hub.registry import service as registry
 from hub.registry.claims import ClaimPolicy
@@ -87,7 +87,6 @@ from hub.registry.models import Device, DeviceCredential
 from hub.registry.schemas import DeviceClassCreate, ProductCreate
 from hub.registry.tenants import create_tenant
 from protocols import topics
-from protocols.messages import ManifestAck, ManifestDelivery, TrustAnchor, decode_message
 from provisioning.signer import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -97,12 +96,13 @@ UNIT = "devices/s"
 TARGET_RATIO = 0.5
 FULL_DEVICES = 10_000
 QUICK_DEVICES = 1_000
-SIM_CLIENTS = 4
+SIM_PROCESSES = 2
+SIM_CLIENTS = 2  # per process
 HOST = "127.0.0.1"
 HUB_USER = "hub-bench"
 SIM_USER = "sim-bench"
 MAX_PAYLOAD = 64 * 1024
-SUBSCRIBE_CHUNK = 200
+SUBSCRIBE_CHUNK = _SUBSCRIBE_CHUNK  # topics per SUBSCRIBE (other benchmarks reuse it)
 _ACK_SUFFIX = "/up/" + topics.UpKind.MANIFEST_ACK.value
 
 
@@ -209,6 +209,17 @@ class BenchBroker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU seconds the broker process has used (0 if unknown)."""
+        if self._process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # After the command name: state is field 3, utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self) -> str:
         """The end of the broker's log."""
@@ -317,184 +328,6 @@ def seed(factory: sessionmaker[Session], n: int, now: datetime) -> Seeded:
         return Seeded(tenant.id, product.id, features["users"], device_ids)
 
 
-# ------------------------------------------------------------------ simulated devices
-
-
-def _sim_main(
-    conn: Connection,
-    port: int,
-    password: str,
-    device_ids: list[str],
-    clients: int,
-    anchor: tuple[bytes, bytes],
-) -> None:
-    """The simulated devices: ``clients`` paho connections in one process.
-
-    Commands on ``conn``: ``("expect", mode, n)`` arms a round (``"count"``:
-    count manifest-topic messages; ``"device"``: verify each manifest with the
-    trust core and publish its ``ManifestAck``) and answers ``("armed",)``;
-    the process answers ``("done", t_last, stats)`` once ``n`` messages were
-    handled (``t_last``: ``time.monotonic()`` of the last one). ``("stop",)``
-    ends it.
-    """
-    # Imported here: only the simulator process plays the device.
-    from device_agent.trust import TrustError, accept_manifest, initial_state  # noqa: PLC0415
-    from protocols.messages import encode_message  # noqa: PLC0415
-
-    kid, key = anchor
-    anchors = (TrustAnchor(kid=kid, alg=-8, key=key, role="manifest"),)
-    states = {d: initial_state(d, anchors) for d in device_ids}
-    lock = threading.Lock()
-    done = threading.Event()
-    round_state: dict[str, Any] = {"mode": "count", "target": 0, "count": 0, "last": 0.0}
-    stats: Counter[str] = Counter()
-
-    def handled(kind: str) -> None:
-        with lock:
-            stats[kind] += 1
-            round_state["count"] += 1
-            if round_state["count"] == round_state["target"]:
-                round_state["last"] = time.monotonic()
-                done.set()
-
-    def on_message(client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if round_state["mode"] == "count":
-            handled("received")
-            return
-        device_id = msg.topic.split("/", 2)[1]
-        message = decode_message(bytes(msg.payload))
-        assert isinstance(message, ManifestDelivery)
-        state = states[device_id]
-        try:
-            accepted = accept_manifest(state, message.signed, now=int(time.time()))
-        except TrustError as exc:
-            ack = ManifestAck(seq=state.manifest_seq, status="rejected", reason=exc.code)
-            kind = "rejected"
-        else:
-            states[device_id] = accepted.state
-            ack = ManifestAck(seq=accepted.manifest.seq, status=accepted.status)
-            kind = accepted.status
-        up = topics.device_up(device_id, topics.UpKind.MANIFEST_ACK)
-        client.publish(up, encode_message(ack), qos=1)
-        handled(kind)
-
-    per_client = [device_ids[i::clients] for i in range(clients)]
-    mqtt_clients: list[mqtt.Client] = []
-    pending_subacks: set[tuple[int, int]] = set()
-    subscribed = threading.Event()
-
-    def on_subscribe(_c: Any, index: int, mid: int, _codes: Any, _p: Any) -> None:
-        with lock:
-            pending_subacks.discard((index, mid))
-            if not pending_subacks:
-                subscribed.set()
-
-    for index, ids in enumerate(per_client):
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"sim-{index}-{secrets.token_hex(4)}",
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-            userdata=index,
-        )
-        client.username_pw_set(SIM_USER, password)
-        client.max_inflight_messages_set(INFLIGHT_WINDOW)
-        client.on_message = on_message
-        client.on_subscribe = on_subscribe
-        client.connect(HOST, port, keepalive=60)
-        client.loop_start()
-        mqtt_clients.append(client)
-        for start in range(0, len(ids), SUBSCRIBE_CHUNK):
-            chunk = ids[start : start + SUBSCRIBE_CHUNK]
-            with lock:
-                result, mid = client.subscribe(
-                    [(topics.device_down(d, topics.DownKind.MANIFEST), 1) for d in chunk]
-                )
-                if result != mqtt.MQTT_ERR_SUCCESS:
-                    raise RuntimeError(f"subscribe failed: {mqtt.error_string(result)}")
-                pending_subacks.add((index, mid))
-    if not subscribed.wait(60):
-        raise RuntimeError("the simulated devices' subscriptions were not acknowledged")
-    conn.send(("ready",))
-    try:
-        while True:
-            command = conn.recv()
-            if command[0] == "stop":
-                return
-            _, mode, target = command
-            with lock:
-                done.clear()
-                stats.clear()
-                round_state.update(mode=mode, target=target, count=0, last=0.0)
-            conn.send(("armed",))
-            if not done.wait(600):
-                conn.send(("timeout", round_state["count"], dict(stats)))
-                continue
-            conn.send(("done", round_state["last"], dict(stats)))
-    finally:
-        for client in mqtt_clients:
-            client.disconnect()
-            client.loop_stop()
-
-
-class Simulator:
-    """The simulated devices' process, driven over a pipe."""
-
-    def __init__(
-        self, port: int, password: str, device_ids: list[str], clients: int, signer: Ed25519Signer
-    ) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_sim_main,
-            args=(
-                child,
-                port,
-                password,
-                device_ids,
-                clients,
-                (signer.kid, signer.public_key_bytes()),
-            ),
-            name="bench-devices",
-            daemon=True,
-        )
-        self._process.start()
-        child.close()
-        self._expect_reply("ready", 120)
-
-    def arm(self, mode: str, n: int) -> None:
-        """Start counting a round of ``n`` messages in ``mode``."""
-        self._conn.send(("expect", mode, n))
-        self._expect_reply("armed", 30)
-
-    def wait(self, timeout: float) -> tuple[float, dict[str, int]]:
-        """Wait for the round's end: ``time.monotonic()`` of the last message, stats."""
-        reply = self._recv(timeout)
-        if reply[0] != "done":
-            raise RuntimeError(f"simulated devices: {reply!r}")
-        return float(reply[1]), dict(reply[2])
-
-    def stop(self) -> None:
-        """Stop the process (by its own handle); kill it if it does not stop."""
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self._conn.send(("stop",))
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
-
-    def _expect_reply(self, what: str, timeout: float) -> None:
-        reply = self._recv(timeout)
-        if reply[0] != what:
-            raise RuntimeError(f"simulated devices answered {reply!r}, expected {what!r}")
-
-    def _recv(self, timeout: float) -> tuple[Any, ...]:
-        if not self._conn.poll(timeout):
-            raise RuntimeError(f"simulated devices silent for {timeout:.0f}s")
-        reply: tuple[Any, ...] = self._conn.recv()
-        return reply
-
-
 # ------------------------------------------------------------------ hub side
 
 
@@ -509,6 +342,7 @@ class AckCountingRouter(InboundRouter):
         self._lock = threading.Lock()
         self._target = 0
         self._count = 0
+        self.batches = 0
         self.done = threading.Event()
         self.done_at = 0.0
         self.profiler: cProfile.Profile | None = None
@@ -517,6 +351,7 @@ class AckCountingRouter(InboundRouter):
         """Expect ``target`` manifest acks."""
         with self._lock:
             self._target, self._count, self.done_at = target, 0, 0.0
+            self.batches = 0
             self.done.clear()
 
     def handle_batch(self, batch: Sequence[Inbound]) -> BatchResult:
@@ -531,6 +366,7 @@ class AckCountingRouter(InboundRouter):
                 profiler.disable()
         acks = sum(1 for m in batch if m.topic.endswith(_ACK_SUFFIX))
         with self._lock:
+            self.batches += 1
             self._count += acks
             if self._target and self._count >= self._target and not self.done.is_set():
                 self.done_at = time.monotonic()
@@ -554,6 +390,7 @@ class FanoutConfig:
 
     devices: int
     repeats: int
+    sim_processes: int = SIM_PROCESSES
     sim_clients: int = SIM_CLIENTS
     profile_dir: Path | None = None
     timeout: float = 300.0
@@ -612,10 +449,11 @@ class FanoutBench:
             publish=self._publish,
             seat_timeout=timedelta(seconds=90),
         )
+        self.hub_id = f"{HUB_USER}-{secrets.token_hex(4)}"
         self.hub = HubMqttClient(
             host=HOST,
             port=self.broker.port,
-            client_id=f"{HUB_USER}-{secrets.token_hex(4)}",
+            client_id=self.hub_id,
             username=HUB_USER,
             password=self.broker.hub_password,
             router=self.router,
@@ -628,10 +466,11 @@ class FanoutBench:
         self._cleanup.append(self.bare.stop)
         self.sim = Simulator(
             self.broker.port,
-            self.broker.sim_password,
+            (SIM_USER, self.broker.sim_password),
             self.seeded.device_ids,
-            self.config.sim_clients,
-            self.signer,
+            (self.signer.kid, self.signer.public_key_bytes()),
+            processes=self.config.sim_processes,
+            clients_per_process=self.config.sim_clients,
         )
         self._cleanup.append(self.sim.stop)
         self.topics = [
@@ -661,8 +500,9 @@ class FanoutBench:
         self.sign_seconds = 0.0
         self._publish_marks.clear()
         self.sizes = []
-        self.sim.arm("device", n)
+        self.sim.arm("device")
         self.router.arm(n)
+        cpu0 = self._cpu()
         t0 = time.monotonic()
         with self.factory() as s:
             outcome = entitlements.update_feature(
@@ -678,7 +518,7 @@ class FanoutBench:
         t_change = time.monotonic()
         if len(outcome.device_ids) != n:
             raise RuntimeError(f"the change affects {len(outcome.device_ids)} devices, not {n}")
-        _bounded(
+        issue_cpu = _bounded(
             lambda: self.publisher.devices_changed(outcome.device_ids),
             self.config.timeout,
             "issuing and publishing the manifests (a deadlocked HubMqttClient.publish?)",
@@ -686,6 +526,7 @@ class FanoutBench:
         if not self.router.done.wait(self.config.timeout):
             raise RuntimeError(f"not all {n} acks reached the hub in {self.config.timeout:.0f}s")
         t_end = self.router.done_at
+        cpu = self._cpu(cpu0)
         t_sim_last, sim_stats = self.sim.wait(self.config.timeout)
         if sim_stats.get("accepted", 0) != n:
             raise RuntimeError(f"devices did not accept every manifest: {sim_stats}")
@@ -703,8 +544,25 @@ class FanoutBench:
             "last_device_ack_sent_s": t_sim_last - t0,
             "total_s": t_end - t0,
             "payload_bytes_mean": sum(self.sizes) / len(self.sizes),
+            **cpu,
+            "hub_issue_thread_cpu_s": issue_cpu,
+            "ack_batches": self.router.batches,
+            "devices_cpu_s": self.sim.cpu_seconds,
         }
         return Sample(rate(n, t_end - t0), {k: round(v, 3) for k, v in phases.items()})
+
+    def _cpu(self, since: dict[str, float] | None = None) -> dict[str, float]:
+        """CPU seconds of this (the hub's) process, of its long-lived threads (paho's
+        network thread, the dispatcher) and of the broker, minus ``since``."""
+        now = {
+            "hub_cpu_s": time.process_time(),
+            "hub_network_thread_cpu_s": _thread_cpu_seconds(f"paho-mqtt-client-{self.hub_id}"),
+            "hub_dispatch_thread_cpu_s": _thread_cpu_seconds("hub-dispatch"),
+            "broker_cpu_s": self.broker.cpu_seconds(),
+        }
+        if since is None:
+            return now
+        return {key: value - since[key] for key, value in now.items()}
 
     def _acknowledged_at_current_seq(self) -> int:
         with self.factory() as s:
@@ -727,14 +585,21 @@ class FanoutBench:
         """N same-size QoS 1 publishes through a bare paho client, counted by the sim."""
         n = self.config.devices
         payloads = [os.urandom(size) for size in self.sizes]
-        self.sim.arm("count", n)
+        self.sim.arm("count")
+        cpu0 = self._cpu()
         t0 = time.monotonic()
         t_pubacks = self.bare.publish_all(self.topics, payloads, self.config.timeout)
         t_last, stats = self.sim.wait(self.config.timeout)
+        cpu = self._cpu(cpu0)
         if stats.get("received", 0) != n:
             raise RuntimeError(f"bare subscriber counted {stats}, expected {n}")
         t_end = max(t_pubacks, t_last)
-        detail = {"last_received_s": t_last - t0, "all_pubacks_s": t_pubacks - t0}
+        detail = {
+            "last_received_s": t_last - t0,
+            "all_pubacks_s": t_pubacks - t0,
+            **cpu,
+            "devices_cpu_s": self.sim.cpu_seconds,
+        }
         return Sample(rate(n, t_end - t0), {k: round(v, 3) for k, v in detail.items()})
 
     # -- profiling
@@ -744,8 +609,10 @@ class FanoutBench:
         directory.mkdir(parents=True, exist_ok=True)
         counter = StatementCounter()
         event.listen(self.engine, "before_cursor_execute", counter)
-        main_profiler = cProfile.Profile()
-        self.router.profiler = cProfile.Profile()
+        # CPU time of the profiled thread, not wall time: under GIL contention a
+        # wall clock charges the waits to whatever function was running.
+        main_profiler = cProfile.Profile(time.thread_time)
+        self.router.profiler = cProfile.Profile(time.thread_time)
         original = self.publisher.devices_changed
 
         def profiled(ids: Any) -> None:
@@ -783,15 +650,23 @@ class FanoutBench:
 _WORKER = "bench-fanout-publish"
 
 
-def _bounded(work: Callable[[], object], seconds: float, what: str) -> None:
-    """Run ``work`` on a daemon thread; raise if it has not finished in ``seconds``."""
+def _bounded(work: Callable[[], object], seconds: float, what: str) -> float:
+    """Run ``work`` on a daemon thread; raise if it has not finished in ``seconds``.
+
+    Returns:
+        The CPU seconds the thread used.
+    """
     errors: list[BaseException] = []
+    cpu: list[float] = []
 
     def target() -> None:
+        started = time.thread_time()
         try:
             work()
         except BaseException as exc:
             errors.append(exc)
+        finally:
+            cpu.append(time.thread_time() - started)
 
     thread = threading.Thread(target=target, name=_WORKER, daemon=True)
     thread.start()
@@ -800,6 +675,20 @@ def _bounded(work: Callable[[], object], seconds: float, what: str) -> None:
         raise RuntimeError(f"{what}: not finished after {seconds:.0f}s")
     if errors:
         raise errors[0]
+    return cpu[0] if cpu else 0.0
+
+
+def _thread_cpu_seconds(name: str) -> float:
+    """CPU seconds (user + system) of this process's live thread called ``name``."""
+    for thread in threading.enumerate():
+        if thread.name == name and thread.native_id is not None:
+            try:
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            except OSError:
+                return 0.0
+            fields = stat.rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 class BarePublisher:
@@ -819,7 +708,7 @@ class BarePublisher:
             clean_session=False,
         )
         self._client.username_pw_set(HUB_USER, password)
-        self._client.max_inflight_messages_set(INFLIGHT_WINDOW)
+        self._client.max_inflight_messages_set(PAHO_INFLIGHT_LIMIT)
         self._client.on_connect = lambda *_a: self._connected.set()
         self._client.on_publish = self._on_publish
         self._client.connect(HOST, port, keepalive=30)
@@ -883,7 +772,8 @@ def run(
             )
             detail: dict[str, Any] = {
                 "devices": config.devices,
-                "simulator_connections": config.sim_clients,
+                "simulator_processes": config.sim_processes,
+                "simulator_connections": config.sim_processes * config.sim_clients,
                 "inflight_window": INFLIGHT_WINDOW,
                 "warmup_rate": round(warm.value, 2),
             }
@@ -910,8 +800,9 @@ def run(
             "same window, same broker, counted by the same subscriber connections."
         ),
         notes=[
-            f"simulated devices: {config.sim_clients} paho connections in a separate process, "
-            f"each subscribed to {n // config.sim_clients:,} explicit "
+            f"simulated devices: {config.sim_processes} processes with {config.sim_clients} "
+            "MQTT connections each (bench/_fanout_devices.py), each connection subscribed to "
+            f"{n // (config.sim_processes * config.sim_clients):,} explicit "
             "d/{id}/down/manifest topics",
             "runs interleaved baseline/project after one untimed warm-up round of each",
             "project detail per run (seconds): product_change, issue_and_commit (sign_s inside "

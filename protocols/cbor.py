@@ -17,6 +17,7 @@ definite lengths, map keys sorted bytewise by their encoded form.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -77,6 +78,12 @@ class _TagGate(Mapping[int, _TagCallback]):
         return len(self._allowed)
 
 
+@functools.lru_cache(maxsize=32)
+def _tag_gate(allowed: frozenset[int]) -> _TagGate:
+    """The (stateless) gate for one set of allowed tags, built once."""
+    return _TagGate(allowed)
+
+
 def _refuse_tag(tag: int) -> _TagCallback:
     def refuse(_value: Any, _immutable: bool) -> Any:
         raise DecodeError(f"CBOR tag {tag} is not allowed here")
@@ -114,7 +121,7 @@ def decode(
     try:
         decoder = cbor2.CBORDecoder(
             fp,
-            semantic_decoders=_TagGate(allowed_tags),
+            semantic_decoders=_tag_gate(frozenset(allowed_tags)),
             max_depth=max_depth,
             allow_indefinite=False,
             allow_duplicate_keys=False,

@@ -13,6 +13,7 @@ turns the to-be-signed bytes into a raw signature.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -102,7 +103,7 @@ class CoseKey:
         if not isinstance(raw32, bytes) or len(raw32) != _ED25519_KEY_LENGTH:
             raise UnsupportedAlgorithm("EdDSA keys must be 32-byte Ed25519 keys")
         try:
-            key = Ed25519PublicKey.from_public_bytes(raw32)
+            key = _ed25519_public_key(bytes(raw32))
         except ValueError as exc:
             raise CoseError(f"invalid Ed25519 public key: {exc}") from exc
         return cls(kid=kid, alg=ALG_EDDSA, key=key)
@@ -155,6 +156,16 @@ class CoseKey:
         if not isinstance(self.key, Ed25519PublicKey):
             raise UnsupportedAlgorithm("raw public bytes are defined for Ed25519 keys only")
         return self.key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _ed25519_public_key(raw32: bytes) -> Ed25519PublicKey:
+    """The key object for raw public bytes; immutable, so built once per key.
+
+    Devices rebuild their anchors' keys for every verification; parsing the
+    point costs about as much as a tenth of the verification itself.
+    """
+    return Ed25519PublicKey.from_public_bytes(raw32)
 
 
 def _key_matches_alg(key: Any, alg: int) -> bool:
@@ -219,6 +230,7 @@ _SIG_STRUCTURE_HEAD = b"\x84" + cbor.encode("Signature1")
 _SIGN1_HEAD = cbor.encode(cbor.Tag(COSE_SIGN1_TAG, []))[:1] + b"\x84"
 _KID_MAP_HEAD = b"\xa1" + cbor.encode(HDR_KID)
 _PROTECTED = {alg: cbor.encode({HDR_ALG: alg}) for alg in SUPPORTED_ALGS}
+_PROTECTED_ALG = {encoded: alg for alg, encoded in _PROTECTED.items()}
 
 
 def sign1(
@@ -354,6 +366,9 @@ def _protected_header(protected_bytes: Any) -> dict[int | str, Any]:
         raise CoseError("the protected header must be a bstr")
     if not protected_bytes:
         return {}
+    alg = _PROTECTED_ALG.get(protected_bytes)
+    if alg is not None:
+        return {HDR_ALG: alg}  # what cbor.decode gives for the hub's own headers
     header = cbor.decode(protected_bytes)
     if type(header) is not dict:
         raise CoseError("the protected header bstr must hold a map")

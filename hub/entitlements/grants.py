@@ -56,11 +56,13 @@ class DeviceGrants:
         catalog: the features to report, by key (may be shared between
             snapshots of one load: do not mutate).
         products: the products the catalogue was built from.
+        known_key: :meth:`key`, when the loader computed it already.
     """
 
     pairs: list[tuple[Entitlement, Grant]]
     catalog: dict[str, FeatureDef]
     products: frozenset[str] = frozenset()
+    known_key: Hashable = field(default=None, compare=False, repr=False)
 
     @property
     def grants(self) -> list[Grant]:
@@ -69,6 +71,8 @@ class DeviceGrants:
 
     def key(self) -> Hashable:
         """A hashable key equal for two snapshots the rules cannot tell apart."""
+        if self.known_key is not None:
+            return self.known_key
         return (self.products, tuple(_grant_key(grant) for grant in self.grants))
 
 
@@ -219,37 +223,48 @@ def load_grants_for_devices(
         rows.load(session, chunk)
     catalogs = _Catalogs()
     catalogs.load(session, set().union(*rows.ever.values()) if rows.ever else set())
-    result: dict[str, DeviceGrants] = {}
-    for device_id in ids:
-        products = frozenset(rows.ever.get(device_id, ()))
-        pairs = [
-            (
-                ent,
-                _grant(
-                    ent,
-                    temporary_until,
-                    device_id=device_id,
-                    rows=rows,
-                    catalogs=catalogs,
-                    seat_timeout=seat_timeout,
-                ),
-            )
-            for ent, temporary_until in rows.open.get(device_id, ())
-        ]
-        result[device_id] = DeviceGrants(pairs, catalogs.catalog(products), products)
-    return result
+    snapshots = _Snapshots(rows, catalogs, seat_timeout)
+    return {device_id: snapshots.build(device_id) for device_id in ids}
+
+
+@dataclass
+class _Snapshots:
+    """Builds the per-device snapshots of one load.
+
+    Devices on the same entitlement with the same activation and seat state get
+    the same :class:`Grant` object (and its key, computed once): a fleet-wide
+    change snapshots thousands of devices with one grant between them.
+    """
+
+    rows: _Rows
+    catalogs: _Catalogs
+    seat_timeout: timedelta | None
+    grants: dict[Hashable, tuple[Grant, Hashable]] = field(default_factory=dict)
+
+    def build(self, device_id: str) -> DeviceGrants:
+        products = frozenset(self.rows.ever.get(device_id, ()))
+        pairs: list[tuple[Entitlement, Grant]] = []
+        keys: list[Hashable] = []
+        for ent, temporary_until in self.rows.open.get(device_id, ()):
+            heartbeat = self.rows.seats.get((device_id, ent.id))
+            memo = (ent.id, temporary_until, heartbeat)
+            found = self.grants.get(memo)
+            if found is None:
+                grant = _grant(ent, temporary_until, heartbeat, self.catalogs, self.seat_timeout)
+                found = self.grants[memo] = (grant, _grant_key(grant))
+            pairs.append((ent, found[0]))
+            keys.append(found[1])
+        catalog = self.catalogs.catalog(products)
+        return DeviceGrants(pairs, catalog, products, known_key=(products, tuple(keys)))
 
 
 def _grant(
     ent: Entitlement,
     temporary_until: datetime | None,
-    *,
-    device_id: str,
-    rows: _Rows,
+    heartbeat: datetime | None,
     catalogs: _Catalogs,
     seat_timeout: timedelta | None,
 ) -> Grant:
-    heartbeat = rows.seats.get((device_id, ent.id))
     seat_end = heartbeat + seat_timeout if heartbeat is not None and seat_timeout else None
     return Grant(
         license_model=ent.license_model,

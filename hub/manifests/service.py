@@ -179,36 +179,69 @@ def _load_targets(session: Session, wanted: list[str]) -> list[_Target]:
 def _write_issued(
     session: Session, plans: list[_Plan], signed: list[bytes], *, now: datetime, kid: str
 ) -> None:
-    """Store the issued manifests: bulk UPDATE of existing rows, bulk INSERT of new ones."""
+    """Store the issued manifests: one executemany UPDATE, one bulk INSERT of first ones.
+
+    The UPDATE binds only what differs between rows (device, sequence, lease,
+    digest, signed bytes); the time, key id and reset delivery state are shared.
+    """
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     for plan, blob in zip(plans, signed, strict=True):
-        values = {
-            "device_id": plan.target.id,
-            "seq": plan.manifest.seq,
-            "issued_at": now,
-            "not_after": plan.not_after,
-            "features_hash": plan.digest,
-            "kid": kid,
-            "signed": blob,
-            **_sent_state(now, attempts=1),
-        }
         if plan.target.has_row:
-            updates.append(values)
+            updates.append(
+                {
+                    "b_device_id": plan.target.id,
+                    "b_seq": plan.manifest.seq,
+                    "b_not_after": plan.not_after,
+                    "b_features_hash": plan.digest,
+                    "b_signed": blob,
+                    "b_now": now,
+                    "b_kid": kid,
+                }
+            )
         else:
             inserts.append(
                 {
-                    **values,
+                    "device_id": plan.target.id,
                     "tenant_id": plan.target.tenant_id,
+                    "seq": plan.manifest.seq,
+                    "issued_at": now,
+                    "not_after": plan.not_after,
+                    "features_hash": plan.digest,
+                    "kid": kid,
+                    "signed": blob,
                     "acknowledged_kid": None,
                     "acknowledged_signed": None,
+                    **_sent_state(now, attempts=1),
                 }
             )
     if updates:
-        session.execute(update(DeviceManifest), updates)  # executemany, by primary key
+        session.connection().execute(_REISSUE, updates)
     if inserts:
         session.execute(insert(DeviceManifest), inserts)
     _expire_loaded(session, [p.target.id for p in plans])
+
+
+_MANIFESTS = cast(Table, DeviceManifest.__table__)
+# A re-issue: the new manifest, delivery state reset to pending, first attempt.
+_REISSUE = (
+    _MANIFESTS.update()
+    .where(_MANIFESTS.c.device_id == bindparam("b_device_id"))
+    .values(
+        seq=bindparam("b_seq"),
+        issued_at=bindparam("b_now"),
+        not_after=bindparam("b_not_after"),
+        features_hash=bindparam("b_features_hash"),
+        kid=bindparam("b_kid"),
+        signed=bindparam("b_signed"),
+        delivery_state="pending",
+        attempts=1,
+        delivered_at=None,
+        acknowledged_at=None,
+        failure=None,
+        updated_at=bindparam("b_now"),
+    )
+)
 
 
 def _sent_state(now: datetime, *, attempts: int) -> dict[str, Any]:
@@ -224,12 +257,13 @@ def _sent_state(now: datetime, *, attempts: int) -> dict[str, Any]:
 
 def _expire_loaded(session: Session, device_ids: Iterable[str]) -> None:
     """Expire manifest rows this session holds for these devices (bulk writes bypass them)."""
-    if not session.identity_map:
+    held = [key for key in session.identity_map.keys() if key[0] is DeviceManifest]  # noqa: SIM118
+    if not held:
         return
-    for device_id in device_ids:
-        key = session.identity_key(DeviceManifest, device_id)
+    wanted = set(device_ids)
+    for key in held:
         row = session.identity_map.get(key)
-        if row is not None:
+        if row is not None and key[1][0] in wanted:
             session.expire(row)
 
 
@@ -362,7 +396,7 @@ def _ack_update(shape: frozenset[str]) -> Update:
     The SET clause comes from the parameters' column keys; an acknowledgement
     (``acknowledged_at`` in the shape) also copies ``kid`` and ``signed``.
     """
-    table = cast(Table, DeviceManifest.__table__)
+    table = _MANIFESTS
     statement = table.update().where(
         table.c.device_id == bindparam("b_device_id"), table.c.seq == bindparam("b_seq")
     )

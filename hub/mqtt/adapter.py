@@ -32,6 +32,7 @@ BATCH_MAX = 500
 BATCH_ATTEMPTS = 3
 ACK_FLUSH_SECONDS = 0.5
 INFLIGHT_WINDOW = 1000
+PAHO_INFLIGHT_LIMIT = 0  # unlimited in paho: the window above bounds it
 _CONNECT_TIMEOUT = 15.0
 
 
@@ -78,7 +79,10 @@ class HubMqttClient:
             clean_session=False,  # the broker keeps our QoS 1 backlog across restarts
         )
         self._client.username_pw_set(username, password)
-        self._client.max_inflight_messages_set(INFLIGHT_WINDOW)
+        # Our semaphore is the in-flight window. paho's own limit is switched off
+        # (0): with one set, every PUBACK makes paho scan all outstanding messages
+        # for queued ones (_update_inflight), O(window) per acknowledgement.
+        self._client.max_inflight_messages_set(PAHO_INFLIGHT_LIMIT)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -436,3 +436,24 @@ def test_sig_structure_is_byte_identical_to_the_reference(
 def test_sig_structure_refuses_non_bytes_as_before() -> None:
     with pytest.raises(MessageError):
         sig_structure(b"", object(), b"")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("alg", [ALG_EDDSA, ALG_ES256])
+def test_known_protected_headers_decode_as_the_generic_decoder_does(alg: int) -> None:
+    signer = ed_sign if alg == ALG_EDDSA else es_sign
+    message = decode_sign1(sign1(PAYLOAD, kid=KID, sign=signer, alg=alg))
+    assert message.protected == cbor.decode(message.protected_bytes) == {HDR_ALG: alg}
+    message.protected[99] = "mutated"  # a fresh dict every time
+    assert decode_sign1(sign1(PAYLOAD, kid=KID, sign=signer, alg=alg)).protected == {HDR_ALG: alg}
+
+
+def test_ed25519_keys_from_equal_bytes_verify_alike_and_short_keys_still_fail() -> None:
+    raw = ED_PRIVATE.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    first, second = CoseKey.ed25519(b"a", raw), CoseKey.ed25519(b"b", bytes(bytearray(raw)))
+    assert first.raw_public_bytes() == second.raw_public_bytes() == raw
+    data = sign1(PAYLOAD, kid=b"b", sign=ed_sign)
+    assert verify_sign1(data, [second]).kid == b"b"
+    with pytest.raises(UnsupportedAlgorithm):
+        CoseKey.ed25519(KID, raw[:31])
