@@ -9,10 +9,6 @@ see docs/billing.md.
 
 from __future__ import annotations
 
-# The billing tables join Base.metadata whenever the package is imported
-# (hub.app imports it for the preview router), also before hub.plugins lists
-# hub.billing.plugin.
-import hub.billing.models  # noqa: F401
 from hub.billing.pricing import (
     Allowance,
     Charge,
