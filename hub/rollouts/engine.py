@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 OFFER_BATCH = 500
 """Most offers one rollout sends per engine pass (bounded work per transaction)."""
 TIMEOUT_BATCH = 1000
+BATCHES_PER_PASS = 10
 
 Work = Callable[[Session, datetime], list[Outbound]]
 
@@ -224,10 +225,21 @@ class RolloutEngine:
             self.step(rollout_id)
 
     def step(self, rollout_id: str) -> None:
-        """Advance one rollout now (also called after REST start, resume and retry)."""
-        self._run(lambda s, now: step_rollout(s, rollout_id, now, offer_batch=self._offer_batch))
+        """Advance one rollout now (also called after REST start, resume and retry).
 
-    def _run(self, work: Work) -> None:
+        Offers go out in transactions of at most ``offer_batch``, each published
+        after its commit (the publish window is the back-pressure), up to
+        :data:`BATCHES_PER_PASS` per pass.
+        """
+        for _ in range(BATCHES_PER_PASS):
+            sent = self._run(
+                lambda s, now: step_rollout(s, rollout_id, now, offer_batch=self._offer_batch)
+            )
+            if sent < self._offer_batch:
+                return
+
+    def _run(self, work: Work) -> int:
+        """Run ``work`` in its own transaction; publish after the commit; how many were sent."""
         try:
             with self._session_factory() as session:
                 out = work(session, self._clock())
@@ -235,6 +247,7 @@ class RolloutEngine:
         except Exception:
             # A failed pass leaves the database as it was; the next pass retries.
             log.exception("firmware rollout pass failed")
-            return
+            return 0
         if out:
             self._publish(out)
+        return len(out)

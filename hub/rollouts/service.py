@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from hub.audit.service import record
@@ -38,6 +38,7 @@ from hub.rollouts.policy import (
 from hub.rollouts.schemas import RolloutCreate
 
 BUSY_STATES = ("pending", *ACTIVE_STATES)
+INSERT_CHUNK = 1000
 
 
 class UnknownPackage(InvalidRollout):
@@ -248,12 +249,13 @@ def start_rollout(
     targets, skipped = select_targets(session, rollout, package, now)
     waves = waves_of(session, rollout.id)
     planned = plan_waves([WaveSpec(w.percent, w.size) for w in waves], len(targets))
-    position = 0
+    rows: list[dict[str, Any]] = []
     for wave, size in zip(waves, planned, strict=True):
         wave.planned = size
-        for device_id in targets[position : position + size]:
-            session.add(_new_job(rollout, device_id, wave.number, 1, now))
-        position += size
+        start = len(rows)
+        rows.extend(_job_row(rollout, d, wave.number, now) for d in targets[start : start + size])
+    for first in range(0, len(rows), INSERT_CHUNK):  # bulk: one statement per chunk
+        session.execute(insert(FirmwareJob), rows[first : first + INSERT_CHUNK])
     rollout.target_count = len(targets)
     rollout.skipped = skipped
     rollout.started_at = now
@@ -268,6 +270,21 @@ def start_rollout(
         session, rollout, actor, "start", now, targets=len(targets), skipped=skipped, waves=planned
     )
     return rollout
+
+
+def _job_row(rollout: Rollout, device_id: str, wave: int, now: datetime) -> dict[str, Any]:
+    return {
+        "job_id": jobs.new_job_id(),
+        "tenant_id": rollout.tenant_id,
+        "rollout_id": rollout.id,
+        "package_id": rollout.package_id,
+        "device_id": device_id,
+        "wave": wave,
+        "attempt": 1,
+        "state": "pending",
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _new_job(

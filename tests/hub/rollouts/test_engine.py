@@ -407,19 +407,24 @@ def test_engine_pass_failures_are_contained(world: World, monkeypatch: Any) -> N
     assert world.show(started["id"])["counts"] == {"offered": 1}
 
 
-def test_many_devices_in_one_pass_are_bounded(world: World) -> None:
+def test_offers_go_out_in_bounded_transactions_each_published_after_its_commit(
+    world: World,
+) -> None:
     package = world.package("1.0.0", os.urandom(2000))
     fleet(world, 7)
     started = world.start(package["id"])
+    batches: list[tuple[int, dict[str, int]]] = []
+
+    def publish(out: Any) -> None:
+        # What the database holds when a batch is published: its offers are committed.
+        batches.append((len(out), world.show(started["id"])["counts"]))
+
     engine = RolloutEngine(
-        session_factory=world.factory,
-        clock=world.clock,
-        publish=world.published.extend,
-        offer_batch=3,
+        session_factory=world.factory, clock=world.clock, publish=publish, offer_batch=3
     )
     engine.step(started["id"])
-    assert len(world.published) == 3
-    engine.step(started["id"])
-    engine.step(started["id"])
-    assert len(world.published) == 7
-    assert world.show(started["id"])["counts"] == {"offered": 7}
+    assert batches == [
+        (3, {"offered": 3, "pending": 4}),
+        (3, {"offered": 6, "pending": 1}),
+        (1, {"offered": 7}),
+    ]
