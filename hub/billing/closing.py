@@ -379,7 +379,9 @@ def _adjustments(session: Session, earlier: BillingPeriod, cutoff: datetime) -> 
     billed = billed_so_far(session, earlier.id)
     usage_keys = _usage(session, earlier, cutoff, {"sum"})["sum"]
     products = {key[0] for key in usage_keys} | {key[0] for key in billed}
-    plans = plans_in_force(session, earlier.tenant_id, products, earlier.ends_at)
+    plans = plans_in_force(
+        session, earlier.tenant_id, products, earlier.ends_at, created_before=earlier.closed_at
+    )
     for key in usage_keys:
         plan = plans.get(key)
         if key not in billed and plan is not None:

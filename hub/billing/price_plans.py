@@ -248,7 +248,12 @@ def delete_plan(
 
 
 def plans_in_force(
-    session: Session, tenant_id: str, product_ids: Iterable[str], before: datetime
+    session: Session,
+    tenant_id: str,
+    product_ids: Iterable[str],
+    before: datetime,
+    *,
+    created_before: datetime | None = None,
 ) -> dict[ChargeKey, PricePlan]:
     """For each charge of ``product_ids``, the plan active latest before ``before``.
 
@@ -257,6 +262,8 @@ def plans_in_force(
         tenant_id: the tenant.
         product_ids: the products to look at.
         before: the period's end; plans with ``active_from < before`` qualify.
+        created_before: for a period already closed, its ``closed_at``: a plan
+            created later (even with an earlier ``active_from``) never reprices it.
 
     Returns:
         ``{(product_id, meter): plan}`` for every charge that has one.
@@ -270,6 +277,7 @@ def plans_in_force(
             PricePlan.tenant_id == tenant_id,
             PricePlan.product_id.in_(ids),
             PricePlan.active_from < before,
+            *(() if created_before is None else (PricePlan.created_at <= created_before,)),
         )
         .order_by(PricePlan.active_from, PricePlan.created_at, PricePlan.id)
     )

@@ -262,7 +262,13 @@ def _audit_missing(
     latest_cutoff: datetime,
     report: AuditReport,
 ) -> None:
-    plans = plans_in_force(session, period.tenant_id, {k[0] for k in keys}, period.ends_at)
+    plans = plans_in_force(
+        session,
+        period.tenant_id,
+        {k[0] for k in keys},
+        period.ends_at,
+        created_before=period.closed_at,
+    )
     for key in keys:
         plan = plans.get(key)
         if plan is None:

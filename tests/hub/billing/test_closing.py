@@ -10,6 +10,7 @@ from typing import Any
 from hub.billing.plans import parse_plan
 from hub.billing.pricing import price
 from tests.hub.billing.conftest import FEB, GRACE, JAN, MAR, Biller
+from tests.hub.conftest import Clock
 
 SECOND = timedelta(seconds=1)
 GRADUATED: dict[str, Any] = {
@@ -213,4 +214,22 @@ def test_two_workers_closing_at_once_bill_each_period_once(biller: Biller) -> No
     invoices = biller.invoices()
     assert sorted(i["number"] for i in invoices) == ["INV-000001", "INV-000002", "INV-000003"]
     assert [i["total"] for i in invoices] == [cost(11)] * 3
+    assert biller.audit()["ok"] is True
+
+
+def test_a_plan_added_after_a_close_never_reprices_that_period(
+    biller: Biller, clock: Clock
+) -> None:
+    biller.plan(GRADUATED)
+    biller.feature("energy", cap_per_period=1000, period="month")
+    biller.usage(40, JAN[0] + timedelta(days=1), meter="energy")  # unpriced in January
+    biller.run(JAN[1] + GRACE)
+    assert biller.invoices() == []
+    clock.now = JAN[1] + GRACE * 2  # backdated: active long before January ended
+    biller.plan({"currency": "EUR", "model": "per_unit", "unit_price": "1"}, meter="energy")
+    biller.usage(2, JAN[1] - SECOND, JAN[1] + GRACE * 2, meter="energy")  # late, for January
+    biller.usage(3, FEB[0] + timedelta(days=1), meter="energy")
+    biller.run(FEB[1] + GRACE)
+    [feb] = biller.invoices()
+    assert [(ln["kind"], ln["quantity"]) for ln in feb["lines"]] == [("usage", "3")]
     assert biller.audit()["ok"] is True
