@@ -111,11 +111,13 @@ class SimDevice:
         rng: random.Random,
         run_start: Callable[[], float],
         connect_allowed: asyncio.Event | None = None,
+        claim_gate: ConnectGate | None = None,
     ) -> None:
         self.spec = spec
         self.group = spec.group
         self.rng = rng
         self.gate = gate
+        self.claim_gate = claim_gate or gate
         self.recorder = recorder
         self.record: DeviceRecord = recorder.devices[spec.serial]
         self._run_start = run_start
@@ -138,7 +140,8 @@ class SimDevice:
         self.firmware: FirmwareComponent | None = None
         self.first_manifest: bytes | None = None
         self.attack_at = math.inf
-        self.attacked = False
+        self.attacking = False
+        self.pending_attacks: list[str] = []
 
     # ---------------------------------------------------------------- time
 
@@ -314,6 +317,8 @@ class SimDevice:
         """The agent process dies: no goodbye; it restarts from its state directory."""
         self.record.crashes += 1
         self._crash.set()
+        self.meter = None  # the application died with the process
+        self.features = None
         if self.transport is not None:
             self.transport.crash()
 
@@ -414,7 +419,7 @@ class SimDevice:
     async def _claim_until_done(self) -> Identity | None:
         key = self.spec.key or self.store.load_or_create_device_key()
         while not self.stopping:
-            await self.gate.wait()
+            await self.claim_gate.wait()
             try:
                 identity = await self._claim_once(key)
             except ClaimFailed as exc:

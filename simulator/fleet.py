@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulator import components as parts
 from simulator import environment, hubstate, malicious, provision
 from simulator.checker import CheckResult, RunFacts, check
 from simulator.device import ConnectGate, DeviceSpec, Endpoints, SimDevice
@@ -209,6 +210,7 @@ class _Run:
                 await proxy.start()
                 self.proxies[group.name] = proxy
         gate = ConnectGate(self.scenario.connects_per_second)
+        claim_gate = ConnectGate(self.scenario.claims_per_second)
         n_addr = self.scenario.source_addresses
         for index, (serial, group) in enumerate(self._serials(fleet)):
             relay = self.proxies.get(group.name)
@@ -240,13 +242,16 @@ class _Run:
                     rng=rng,
                     run_start=lambda: self.t0,
                     connect_allowed=self.connect_allowed,
+                    claim_gate=claim_gate,
                 )
             )
         self.stats.rss_before_mib = rss_mib()
         for device in self.devices:
             self._spawn(device.run())
         total = len(self.devices)
-        slack = 120 + 3 * total / self.scenario.connects_per_second
+        slack = 120 + 3 * total / min(
+            self.scenario.connects_per_second, self.scenario.claims_per_second
+        )
         claimed, took = await self._wait_for(
             "claim", lambda: sum(1 for d in self.devices if d.device_id), total, slack
         )
@@ -371,8 +376,6 @@ class _Run:
         await asyncio.gather(*(d.stop() for d in self.devices), return_exceptions=True)
         for d in self.devices:
             if d.session is not None:
-                from simulator import components as parts  # noqa: PLC0415
-
                 d.record.usage_buffered_at_end = parts.buffered(d.session.components)
         self.progress("check", 1, 2, "fetching the hub's account")
         hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
@@ -394,6 +397,9 @@ class _Run:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for proxy in self.proxies.values():
             await proxy.stop()
+        for device in self.devices:
+            if device.session is not None:
+                parts.close(device.session.components)
         await self.api.close()
 
     # ------------------------------------------------------------ helpers
@@ -424,15 +430,28 @@ class _Run:
                 out = device.tick(dt)
                 if out:
                     self._spawn(device.send(out))
-                if device.attack_at <= now and not device.attacked and device.online:
-                    device.attacked = True
-                    self._spawn(malicious.attack(device, self._victim(device)))
+                if device.pending_attacks and device.attack_at <= now and not device.settling:
+                    self._attack(device)
 
     def _plan_attacks(self) -> None:
         duration = self.scenario.duration_seconds
         for device in self.devices:
             if device.group.malicious:
                 device.attack_at = self.t0 + self.rng.uniform(0.4, 0.7) * duration
+                device.pending_attacks = malicious.planned(device.group.malicious)
+
+    def _attack(self, device: SimDevice) -> None:
+        if device.attacking or not device.online:
+            return
+        device.attacking = True
+
+        async def go() -> None:
+            try:
+                await malicious.attack(device, self._victim(device))
+            finally:
+                device.attacking = False
+
+        self._spawn(go())
 
     def _victim(self, attacker: SimDevice) -> str | None:
         honest = [d.device_id for d in self.devices if not d.group.malicious and d.device_id]

@@ -46,14 +46,30 @@ def _forged_usage(now: int) -> bytes:
     return bytes(cbor.encode({0: 1, 1: "usage_batch", 2: records}))
 
 
+ORDER = ("replay_manifest", "foreign_usage", "probe_topics", "malformed", "oversize")
+"""Attacks in the order they run: ``oversize`` may cost the connection, so it goes last."""
+
+
+def planned(names: tuple[str, ...]) -> list[str]:
+    """The attacks a device will run, in :data:`ORDER`."""
+    return [name for name in ORDER if name in names]
+
+
 async def attack(device: SimDevice, victim_id: str | None) -> None:
-    """Run every attack of the device's group once."""
+    """Run the device's pending attacks in order; one cut short is tried again later.
+
+    Only attacks carried out to the end are counted (``record.attacks``).
+    """
     done = device.record.attacks
-    for name in device.group.malicious:
+    while device.pending_attacks and device.online:
+        name = device.pending_attacks[0]
         try:
             await _ATTACKS[name](device, victim_id)
         except TransportError as exc:
-            log.info("%s: %s ended its connection: %s", device.spec.serial, name, exc)
+            log.info("%s: %s cut short: %s", device.spec.serial, name, exc)
+            done[f"{name}_cut_short"] = done.get(f"{name}_cut_short", 0) + 1
+            return
+        device.pending_attacks.pop(0)
         done[name] = done.get(name, 0) + 1
 
 

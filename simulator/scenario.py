@@ -148,6 +148,7 @@ class Scenario:
     tick_seconds: float = 1.0
     keepalive_seconds: int = 30
     connects_per_second: float = 200.0
+    claims_per_second: float = 50.0
     source_addresses: int = 16
     metering: bool = True
     firmware: bool = True
@@ -278,6 +279,7 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
         tick_seconds=top.number("tick_seconds", 1.0, 0.1, 60.0),
         keepalive_seconds=top.integer("keepalive_seconds", 30, 5, 3_600),
         connects_per_second=top.number("connects_per_second", 200.0, 1.0, 100_000.0),
+        claims_per_second=top.number("claims_per_second", 50.0, 0.1, 100_000.0),
         source_addresses=top.integer("source_addresses", 16, 1, 250),
         metering=top.boolean("metering", True),
         firmware=top.boolean("firmware", True),
