@@ -286,6 +286,13 @@ def read_json(path: Path) -> list[BenchResult]:
     return [BenchResult.from_json(entry) for entry in data]
 
 
+def read_sections(folder: Path) -> list[str]:
+    """The Markdown files of ``folder`` (sorted by name), for :func:`render_markdown`."""
+    if not folder.is_dir():
+        return []
+    return [p.read_text() for p in sorted(folder.glob("*.md"))]
+
+
 def write_json(path: Path, results: Sequence[BenchResult]) -> None:
     """Write ``results.json``: a list of entries, one per benchmark."""
     _write_atomic(path, json.dumps([r.to_json() for r in results], indent=2) + "\n")
@@ -298,8 +305,14 @@ def render_markdown(
     versions: Mapping[str, str],
     mode: str,
     when: datetime | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
-    """The ``results.md`` text: machine, versions, medians, ratios, every run."""
+    """The ``results.md`` text: machine, versions, medians, ratios, every run.
+
+    ``sections`` are Markdown texts appended as they are (measurements that do
+    not fit the project-versus-baseline shape, such as the fleet simulator's
+    scale figures, kept in ``bench/sections/*.md``).
+    """
     when = when or datetime.now(UTC)
     lines = [
         "# Benchmark results",
@@ -344,6 +357,8 @@ def render_markdown(
             lines.append(f"| {index} | {_fmt(p.value)} | {_fmt(b.value)} | {run_ratio:.3f} |")
         if r.notes:
             lines += ["", *(f"- {note}" for note in r.notes)]
+    for section in sections:
+        lines += ["", section.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -355,9 +370,12 @@ def write_markdown(
     versions: Mapping[str, str],
     mode: str,
     when: datetime | None = None,
+    sections: Sequence[str] = (),
 ) -> None:
     """Write ``results.md`` (see :func:`render_markdown`)."""
-    text = render_markdown(results, machine=machine, versions=versions, mode=mode, when=when)
+    text = render_markdown(
+        results, machine=machine, versions=versions, mode=mode, when=when, sections=sections
+    )
     _write_atomic(path, text)
 
 

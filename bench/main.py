@@ -115,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"kept earlier figures of: {', '.join(kept)}")
     harness.write_json(args.out / "results.json", merged)
     harness.write_markdown(
-        args.out / "results.md", merged, machine=machine, versions=versions, mode=mode
+        args.out / "results.md",
+        merged,
+        machine=machine,
+        versions=versions,
+        mode=mode,
+        sections=harness.read_sections(BENCH_DIR / "sections"),
     )
     _say(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
     if failed:

@@ -302,11 +302,11 @@ class _Run:
         return pairs
 
     async def _entitle(self, fleet: provision.Fleet) -> None:
-        groups = self.scenario.groups
+        groups = self.scenario.groups if self.scenario.entitle else ()
         for i, group in enumerate(groups):
             self.progress("entitle", i, len(groups), f"activating {group.name}")
             await provision.activate(self.api, fleet, group.name)
-        self.progress("entitle", len(groups), len(groups), "entitlements active")
+        self.progress("entitle", len(groups), len(groups) or 1, "entitlements active")
 
     async def _run_phase(self, fleet: provision.Fleet) -> None:
         scenario = self.scenario

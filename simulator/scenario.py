@@ -152,6 +152,7 @@ class Scenario:
     source_addresses: int = 16
     metering: bool = True
     firmware: bool = True
+    entitle: bool = True
     hub: HubOptions = field(default_factory=HubOptions)
     groups: tuple[Group, ...] = (Group("devices"),)
     faults: tuple[Fault, ...] = ()
@@ -283,6 +284,7 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
         source_addresses=top.integer("source_addresses", 16, 1, 250),
         metering=top.boolean("metering", True),
         firmware=top.boolean("firmware", True),
+        entitle=top.boolean("entitle", True),
         hub=HubOptions(
             manifest_lease_seconds=hub.integer("manifest_lease_seconds", 3 * 86_400, 60, 10**8),
             manifest_renew_before_seconds=hub.integer(

@@ -77,3 +77,20 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_written(
     assert main.main(["--out", str(tmp_path)]) == 1
     entries = json.loads((tmp_path / "results.json").read_text())
     assert [e["name"] for e in entries] == ["beta"]
+
+
+def test_sections_are_appended_to_results_md(tmp_path: Path) -> None:
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    (folder / "b.md").write_text("## Second\n\ntext b\n")
+    (folder / "a.md").write_text("## First\n\ntext a\n")
+    text = harness.render_markdown(
+        [result("x")],
+        machine={"nproc": 2},
+        versions={},
+        mode="full",
+        sections=harness.read_sections(folder),
+    )
+    assert text.index("## First") < text.index("## Second")
+    assert text.rstrip().endswith("text b")
+    assert harness.read_sections(tmp_path / "missing") == []
