@@ -14,6 +14,7 @@ workers add to one row.
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -32,9 +33,15 @@ TotalKey = tuple[str, str, str, int]
 
 def period_start(period: str, ts: int) -> int:
     """Start (Unix seconds, UTC) of the ``day`` or ``month`` holding ``ts``."""
+    day = ts - ts % DAY
     if period == "day":
-        return ts - ts % DAY
-    moment = time.gmtime(ts)
+        return day
+    return _month_start(day)
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_start(day: int) -> int:
+    moment = time.gmtime(day)
     return calendar.timegm((moment.tm_year, moment.tm_mon, 1, 0, 0, 0))
 
 

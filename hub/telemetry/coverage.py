@@ -68,6 +68,13 @@ class _Term:
     period: str | None
     seats: tuple[tuple[float, float], ...] | None  # floating: held seats; else None
 
+    def edges(self) -> list[float]:
+        """The instants at which this term's coverage may change."""
+        points = [self.start, self.end]
+        for start, end in self.seats or ():
+            points += (start, end)
+        return points
+
     def covers(self, ts: float) -> bool:
         """Whether the device could use the feature under this term at ``ts``."""
         if not self.start <= ts < self.end:
@@ -100,6 +107,8 @@ class Coverages:
     """Coverage of every record of one batch, from one snapshot of the entitlements."""
 
     terms: dict[tuple[str, str], list[_Term]] = field(default_factory=dict)
+    # per (device, meter): the last answer and the [lo, hi) it holds for
+    _last: dict[tuple[str, str], tuple[float, float, Coverage | None]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, session: Session, device_ids: Iterable[str]) -> Coverages:
@@ -139,22 +148,39 @@ class Coverages:
         return coverages
 
     def resolve(self, device_id: str, meter: str, ts: float) -> Coverage | None:
-        """The coverage of a record of ``meter`` recorded by ``device_id`` at ``ts``."""
-        terms = self.terms.get((device_id, meter))
+        """The coverage of a record of ``meter`` recorded by ``device_id`` at ``ts``.
+
+        The answer is constant between two consecutive term edges, so it is
+        remembered with that interval: a batch's records mostly fall in one.
+        """
+        key = (device_id, meter)
+        last = self._last.get(key)
+        if last is not None and last[0] <= ts < last[1]:
+            return last[2]
+        terms = self.terms.get(key)
         if not terms:
+            self._last[key] = (-_NEVER, _NEVER, None)
             return None
-        covering = [term for term in terms if term.covers(ts)]
-        if not covering:
-            return None
-        first = covering[0]
-        caps = [term.cap for term in covering if term.cap is not None]
-        return Coverage(
-            account_id=first.account_id,
-            product_id=first.product_id,
-            entitlement_id=first.entitlement_id,
-            cap=sum(caps) if caps else None,
-            period=first.period,
-        )
+        coverage = _combine([term for term in terms if term.covers(ts)])
+        edges = [edge for term in terms for edge in term.edges()]
+        low = max((edge for edge in edges if edge <= ts), default=-_NEVER)
+        high = min((edge for edge in edges if edge > ts), default=_NEVER)
+        self._last[key] = (low, high, coverage)
+        return coverage
+
+
+def _combine(covering: list[_Term]) -> Coverage | None:
+    if not covering:
+        return None
+    first = covering[0]
+    caps = [term.cap for term in covering if term.cap is not None]
+    return Coverage(
+        account_id=first.account_id,
+        product_id=first.product_id,
+        entitlement_id=first.entitlement_id,
+        cap=sum(caps) if caps else None,
+        period=first.period,
+    )
 
 
 def _metered_features(

@@ -76,11 +76,13 @@ class SequenceBook:
                 if (device_id, epoch) in wanted:
                     self.high[(device_id, epoch)] = high
 
-    def mark(self, tenant_id: str, device_id: str, epoch: int, seq: int) -> None:
-        """The hub answered this record for the first time (it is no longer missing)."""
-        pair = (device_id, epoch)
-        self._seen[pair].add(seq)
-        self._tenants[pair] = tenant_id
+    def mark(self, seen: Iterable[tuple[str, str, int, int]]) -> None:
+        """The hub answered these ``(tenant, device, epoch, seq)`` records: not missing."""
+        by_pair = self._seen
+        for tenant_id, device_id, epoch, seq in seen:
+            pair = (device_id, epoch)
+            by_pair[pair].add(seq)
+            self._tenants[pair] = tenant_id
 
     def save(self, session: Session, writer: Writer, now: datetime) -> int:
         """Open new gaps, fill old ones, raise the marks; returns the gaps opened."""

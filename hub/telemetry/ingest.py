@@ -32,13 +32,14 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from hub.mqtt.outbound import Outbound
 from hub.registry.models import Device
+from hub.telemetry.acks import encode_ack
 from hub.telemetry.caps import CapTracker, TotalKey, period_start
 from hub.telemetry.coverage import Coverage, Coverages, metered_keys
 from hub.telemetry.gaps import SequenceBook
@@ -48,7 +49,7 @@ from hub.telemetry.records import Content, Parsed, Refused, check_record, micro_
 from hub.telemetry.store import Writer, chunks
 from protocols import topics
 from protocols.messages import ErrorReply, Message, encode_message
-from protocols.usage_messages import AckResult, UsageAck, UsageBatch
+from protocols.usage_messages import UsageBatch
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,8 @@ def _wrong_type(device_id: str, message: Message) -> Outbound:
 
 
 def _ack(entries: list[Entry]) -> Outbound:
-    # Plain tuples encode as the same arrays as AckResult, on the encoder's fast
-    # path (a NamedTuple takes its subclass path): a fifth of the ack's cost.
-    results = cast(
-        tuple[AckResult, ...], tuple((e.record.boot_epoch, e.record.seq, e.code) for e in entries)
-    )
-    topic = topics.device_down(entries[0].device_id, topics.DownKind.USAGE_ACK)
-    return Outbound(topic, encode_message(UsageAck(results=results)))
+    payload = encode_ack([(e.record.boot_epoch, e.record.seq, e.code) for e in entries])
+    return Outbound(topics.device_down(entries[0].device_id, topics.DownKind.USAGE_ACK), payload)
 
 
 def _log(result: IngestResult, entries: list[Entry]) -> None:
@@ -195,8 +191,7 @@ class _Ingest:
         )
         held = _held(self.session, entries, self.book.high)
         meters = metered_keys(self.session, {e.tenant_id for e in entries})
-        for entry in entries:
-            self._classify(entry, held, meters)
+        self.book.mark(self._classify(entries, held, meters))
         stored = [e for e in entries if e.code == "stored"]
         tracker = self._cover(stored)
         writer = Writer(self.session)
@@ -207,39 +202,42 @@ class _Ingest:
 
     def _classify(
         self,
-        entry: Entry,
+        entries: list[Entry],
         held: dict[FullKey, tuple[str, Content]],
         meters: dict[str, frozenset[str]],
-    ) -> None:
-        record = entry.record
-        if isinstance(record, Refused):
-            entry.code, entry.reason = "rejected", record.reason
-            if record.storable:
-                self._mark(entry)
-            return
-        key = entry.key
-        prior = held.get(key)
-        if prior is not None:
-            code, content = prior
-            if content == record.content:
-                entry.code = "duplicate" if code == "stored" else code
+    ) -> list[tuple[str, str, int, int]]:
+        """Give every entry its code, in order; returns the records seen for the first time."""
+        earliest, latest = self.earliest, self.latest
+        seen: list[tuple[str, str, int, int]] = []
+        for entry in entries:
+            record = entry.record
+            if type(record) is Refused:
+                entry.code, entry.reason = "rejected", record.reason
+                if record.storable:
+                    seen.append((entry.tenant_id, entry.device_id, record.boot_epoch, record.seq))
+                continue
+            assert isinstance(record, Parsed)
+            key = (entry.device_id, record.boot_epoch, record.seq)
+            prior = held.get(key)
+            if prior is not None:
+                code, content = prior
+                if content == record.content:
+                    entry.code = "duplicate" if code == "stored" else code
+                else:
+                    entry.code = "conflict"
+                continue
+            if record.meter not in meters[entry.tenant_id]:
+                entry.code, entry.reason = "rejected", f"unknown meter {record.meter!r}"
+            elif earliest <= record.ts <= latest:
+                entry.code = "stored"
+                held[key] = ("stored", record.content)
             else:
-                entry.code = "conflict"
-            return
-        if record.meter not in meters[entry.tenant_id]:
-            entry.code, entry.reason = "rejected", f"unknown meter {record.meter!r}"
-        elif not self.earliest <= record.ts <= self.latest:
-            entry.code = "quarantined"
-            entry.reason = "future" if record.ts > self.latest else "too_old"
-            held[key] = ("quarantined", record.content)
-        else:
-            entry.code = "stored"
-            held[key] = ("stored", record.content)
-        entry.fresh = True
-        self._mark(entry)
-
-    def _mark(self, entry: Entry) -> None:
-        self.book.mark(entry.tenant_id, entry.device_id, entry.record.boot_epoch, entry.record.seq)
+                entry.code = "quarantined"
+                entry.reason = "future" if record.ts > latest else "too_old"
+                held[key] = ("quarantined", record.content)
+            entry.fresh = True
+            seen.append((entry.tenant_id, entry.device_id, record.boot_epoch, record.seq))
+        return seen
 
     def _cover(self, stored: list[Entry]) -> CapTracker:
         """Set each stored entry's coverage and over-cap mark."""

@@ -27,13 +27,20 @@ from hub.telemetry.models import MICRO, SCALE
 from hub.telemetry.policy import MAX_KEY
 from protocols.errors import MessageError
 from protocols.fields import uint
-from protocols.usage_messages import RawUsageRecord, check_dim, check_meter, check_quantity
+from protocols.usage_messages import (
+    MAX_QUANTITY,
+    RawUsageRecord,
+    check_dim,
+    check_meter,
+    check_quantity,
+)
 
 MAX_TS = 253_402_300_799
 """9999-12-31T23:59:59Z: a later ``ts`` is no date at all (rejected, not quarantined)."""
 _MEMO_LIMIT = 10_000
 _valid_meters: dict[str, None] = {}
 _valid_dims: dict[str, None] = {}
+_float_micro: dict[float, int] = {}  # devices repeat their quantities
 _RECORD_WITH_DIM = 6
 
 Content = tuple[str, int, "str | None", int]
@@ -44,8 +51,14 @@ def to_micro(value: int | float) -> int:
     """Exact micro-units of a validated wire quantity."""
     if isinstance(value, int):
         return value * MICRO
-    scaled = Decimal(repr(value)).scaleb(SCALE)
-    return int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    micro = _float_micro.get(value)
+    if micro is None:
+        scaled = Decimal(repr(value)).scaleb(SCALE)
+        micro = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+        if len(_float_micro) >= _MEMO_LIMIT:
+            _float_micro.clear()
+        _float_micro[value] = micro
+    return micro
 
 
 def micro_of(value: Decimal) -> int:
@@ -106,12 +119,36 @@ def _text(value: Any, memo: dict[str, None], check: Any) -> str:
 
 
 def check_record(raw: RawUsageRecord) -> Parsed | Refused:
-    """Validate one raw record; never raises."""
+    """Validate one raw record; never raises.
+
+    The common case (known-good meter, int or float quantity, int timestamp,
+    no or a known-good dimension) is checked inline; anything else goes
+    through the wire validators, which produce the reasons.
+    """
     boot_epoch, seq = raw[0], raw[1]
     if boot_epoch > MAX_KEY or seq > MAX_KEY:
         return Refused(boot_epoch, seq, "boot_epoch or seq beyond 2^63-1", storable=False)
     if seq < 1:
         return Refused(boot_epoch, seq, "seq starts at 1")
+    meter, quantity, ts = raw[2], raw[3], raw[4]
+    dim = raw[5] if len(raw) == _RECORD_WITH_DIM else None
+    kind = type(quantity)
+    if (
+        type(meter) is str
+        and meter in _valid_meters
+        and type(ts) is int
+        and 0 <= ts <= MAX_TS
+        and (dim is None or (type(dim) is str and dim in _valid_dims))
+        and (
+            (kind is int and 0 <= quantity <= MAX_QUANTITY)
+            or (kind is float and 0.0 < quantity <= MAX_QUANTITY)  # NaN fails both
+        )
+    ):
+        return Parsed(boot_epoch, seq, meter, to_micro(quantity), dim, ts)
+    return _check_slowly(raw, boot_epoch, seq)
+
+
+def _check_slowly(raw: RawUsageRecord, boot_epoch: int, seq: int) -> Parsed | Refused:
     try:
         meter = _text(raw[2], _valid_meters, check_meter)
         quantity = check_quantity(raw[3])

@@ -48,20 +48,20 @@ class Writer:
         self.sqlite = self._connection.dialect.name == "sqlite"
         self._placeholder = "?" if self.sqlite else "%s"
         self._greatest = "max" if self.sqlite else "GREATEST"
-        self._stamps: dict[int, Any] = {}
+        self._stamps: dict[int, str] = {}  # day number -> YYYY-MM-DD
 
     # ---------------------------------------------------------------- values
 
     def stamp(self, ts: int) -> Any:
         """A whole-second Unix time in the timestamp columns' storage form."""
-        value = self._stamps.get(ts)
-        if value is None:
-            if self.sqlite:
-                value = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime(ts))
-            else:
-                value = datetime.fromtimestamp(ts, UTC)
-            self._stamps[ts] = value
-        return value
+        if not self.sqlite:
+            return datetime.fromtimestamp(ts, UTC)
+        day, second = divmod(ts, 86_400)
+        date = self._stamps.get(day)
+        if date is None:
+            date = self._stamps[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+        hour, rest = divmod(second, 3600)
+        return f"{date} {hour:02d}:{rest // 60:02d}:{rest % 60:02d}.000000"
 
     def moment(self, value: datetime) -> Any:
         """Any aware datetime in the timestamp columns' storage form."""

@@ -1,0 +1,165 @@
+"""Usage ingestion through Mosquitto (issue 5): records/s stored, deduplicated, acknowledged.
+
+See :mod:`bench.usage_ingest` for what is measured. The broker is Mosquitto
+with the hub's tuning (as :class:`bench.manifest_fanout.BenchBroker`) and the
+hub's device ACL pattern (``d/%u/up/+`` write, ``d/%u/down/#`` read), one
+login per simulated device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.harness import BenchResult, interleave
+from bench.manifest_fanout import free_port, mosquitto_binary
+from bench.usage_ingest import (
+    BARE_USER,
+    HOST,
+    HUB_USER,
+    MAX_PAYLOAD,
+    RECORDS_PER_SECOND_TARGET,
+    TARGET_RATIO,
+    Shape,
+    UsageBench,
+)
+from hub.broker.passwords import hash_password
+
+NAME = "usage_ingest_mosquitto"
+UNIT = "records/s"
+FULL = Shape(devices=20, messages=10, records=1000)
+QUICK = Shape(devices=10, messages=5, records=1000)
+
+
+class UsageMosquitto:
+    """Mosquitto as a child process with per-device logins and the hub's ACL patterns."""
+
+    def __init__(self, directory: Path, binary: str) -> None:
+        self.directory = directory
+        self.binary = binary
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, credentials: dict[str, str]) -> None:
+        """Write password file, ACL and config; start; wait for the port."""
+        self.port = free_port()
+        passwords = self.directory / "passwords"
+        passwords.write_text("".join(f"{u}:{hash_password(p)}\n" for u, p in credentials.items()))
+        passwords.chmod(0o600)
+        acl = self.directory / "acl"
+        acl.write_text(
+            f"user {HUB_USER}\ntopic read d/+/up/#\ntopic write d/+/down/#\n\n"
+            f"user {BARE_USER}\ntopic read d/+/up/#\n\n"
+            "pattern write d/%u/up/+\npattern read d/%u/down/#\n"
+        )
+        config = self.directory / "mosquitto.conf"
+        config.write_text("\n".join([
+            "per_listener_settings true", "persistence false", "log_dest stderr",
+            "log_type error", "log_type warning", "connection_messages false",
+            f"message_size_limit {MAX_PAYLOAD}", f"max_packet_size {MAX_PAYLOAD + 8192}",
+            "max_queued_messages 100000", "max_inflight_messages 1000", "set_tcp_nodelay true",
+            "retain_available false", *(["user root"] if os.geteuid() == 0 else []),
+            f"listener {self.port} {HOST}", "allow_anonymous false",
+            f"password_file {passwords}", f"acl_file {acl}",
+        ]) + "\n")  # fmt: skip
+        with (self.directory / "mosquitto.log").open("ab") as log_file:
+            self._process = subprocess.Popen(
+                [self.binary, "-c", str(config)], stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file,
+            )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError("mosquitto exited at start")
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, self.port), timeout=0.2).close()
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto not listening on {HOST}:{self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM our own child (by PID), SIGKILL after 5 s."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def run(
+    *, quick: bool, repeats: int, profile_dir: Path | None, say: Callable[[str], None] = print
+) -> BenchResult:
+    """Run usage ingestion through Mosquitto and the bare baseline; return the medians."""
+    shape = QUICK if quick else FULL
+    return measure(
+        NAME, shape, lambda d: UsageMosquitto(d, mosquitto_binary()), repeats, profile_dir, say,
+        description="Usage records stored (deduplicated, acknowledged after commit) per second "
+        "through Mosquitto, against a bare paho subscriber receiving the same batches.",
+    )  # fmt: skip
+
+
+def measure(
+    name: str,
+    shape: Shape,
+    make_broker: Callable[[Path], Any],
+    repeats: int,
+    profile_dir: Path | None,
+    say: Callable[[str], None],
+    *,
+    description: str,
+) -> BenchResult:
+    """Warm up, interleave baseline and project rounds, and build the result."""
+    logging.getLogger("hub").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        bench = UsageBench(make_broker(Path(tmp)), shape, Path(tmp), say)
+        try:
+            bench.start()
+            warm = bench.project_round()
+            say(f"  warm-up: {warm.value:,.0f} {UNIT}")
+            bench.baseline_round()
+            project_runs, baseline_runs = interleave(
+                bench.project_round, bench.baseline_round, repeats, log=say
+            )
+            detail: dict[str, Any] = {
+                "devices": shape.devices,
+                "messages_per_device": shape.messages,
+                "records_per_message": shape.records,
+                "records_per_round": shape.total_records,
+                "records_per_second_target": RECORDS_PER_SECOND_TARGET,
+                "warmup_rate": round(warm.value, 1),
+            }
+            if profile_dir is not None:
+                say("  profiling one more project round (cProfile of the dispatcher)")
+                detail["profile"] = bench.profile_round(profile_dir, name)
+        finally:
+            bench.stop()
+    result = BenchResult(
+        name=name, unit=UNIT, target_ratio=TARGET_RATIO, project_runs=project_runs,
+        baseline_runs=baseline_runs, description=description, detail=detail,
+    )  # fmt: skip
+    met = result.project >= RECORDS_PER_SECOND_TARGET
+    result.notes.append(
+        f"{shape.devices} devices x {shape.messages} messages x {shape.records} records per round; "
+        f"absolute target {RECORDS_PER_SECOND_TARGET:,} records/s: "
+        f"{'met' if met else 'NOT met'} ({result.project:,.0f})"
+    )
+    result.notes.append(
+        f"messages/s: project {result.project / shape.records:,.1f}, "
+        f"baseline {result.baseline / shape.records:,.1f} (same ratio)"
+    )
+    detail["records_per_second_target_met"] = met
+    return result
