@@ -217,6 +217,34 @@ def encode_bstr(value: bytes) -> bytes:
     return _head(_MAJOR_BSTR, len(value)) + value
 
 
+def encode_uint(value: int) -> bytes:
+    """Encode an unsigned integer (0 to 2**64 - 1): ``encode(value)`` without the dispatch.
+
+    Raises:
+        MessageError: ``value`` is not an int in that range.
+    """
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise MessageError(f"expected an unsigned integer, not {type(value).__name__}")
+    if value < 0:
+        raise MessageError(f"{value} is not an unsigned integer")
+    return _head(_MAJOR_UINT, value)
+
+
+def encode_text(value: str) -> bytes:
+    """Encode a text string: ``encode(value)`` without the dispatch.
+
+    Raises:
+        MessageError: ``value`` is not a str, or not encodable as UTF-8.
+    """
+    if not isinstance(value, str):
+        raise MessageError(f"expected a text string, not {type(value).__name__}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MessageError(f"value cannot be encoded as CBOR: {exc}") from exc
+    return _head(_MAJOR_TSTR, len(raw)) + raw
+
+
 # The encoder dispatches on the exact type (the common case) and falls back to
 # isinstance checks for subclasses (IntEnum, StrEnum, NamedTuple, OrderedDict...),
 # which encode as their base type. Heads are looked up or packed, never built

@@ -282,6 +282,42 @@ def sign1(
     )
 
 
+class Sign1Signer:
+    """Signs many payloads with one key: :func:`sign1` with the layout precomputed.
+
+    ``Sign1Signer(kid=k, sign=s, alg=a).sign(p)`` returns exactly
+    ``sign1(p, kid=k, sign=s, alg=a)`` (attached payload, no external AAD).
+
+    Raises:
+        UnsupportedAlgorithm: ``alg`` is not supported.
+        CoseError: ``kid`` is not bytes.
+    """
+
+    def __init__(self, *, kid: bytes, sign: Signer, alg: int = ALG_EDDSA) -> None:
+        if alg not in SUPPORTED_ALGS:
+            raise UnsupportedAlgorithm(f"cannot sign with alg {alg}")
+        if not isinstance(kid, bytes):
+            raise CoseError("kid must be bytes")
+        protected = cbor.encode_bstr(_PROTECTED[alg])
+        self._sign = sign
+        self._to_be_signed = _SIG_STRUCTURE_HEAD + protected + cbor.encode_bstr(b"")
+        self._head = _SIGN1_HEAD + protected + _KID_MAP_HEAD + cbor.encode_bstr(bytes(kid))
+
+    def sign(self, payload: bytes) -> bytes:
+        """The tagged COSE_Sign1 of ``payload``.
+
+        Raises:
+            CoseError: ``payload`` is not bytes, or the signer misbehaved.
+        """
+        if not isinstance(payload, bytes):
+            raise CoseError("payload, kid and external_aad must be bytes")
+        body = cbor.encode_bstr(bytes(payload))
+        signature = self._sign(self._to_be_signed + body)
+        if not isinstance(signature, bytes) or len(signature) != _SIGNATURE_LENGTH:
+            raise CoseError(f"the signer must return a raw {_SIGNATURE_LENGTH}-byte signature")
+        return b"".join((self._head, body, cbor.encode_bstr(bytes(signature))))
+
+
 def decode_sign1(
     data: bytes,
     *,

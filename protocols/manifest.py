@@ -218,13 +218,13 @@ def _assemble(manifest: FeatureManifest, features_cbor: bytes) -> bytes:
         (
             _MAP_OF_7,
             _MANIFEST_HEAD,
-            cbor.encode(manifest.device_id),
+            cbor.encode_text(manifest.device_id),
             _K_SEQ,
-            cbor.encode(manifest.seq),
+            cbor.encode_uint(manifest.seq),
             _K_ISSUED,
-            cbor.encode(manifest.issued_at),
+            cbor.encode_uint(manifest.issued_at),
             _K_NOT_AFTER,
-            cbor.encode(manifest.not_after),
+            cbor.encode_uint(manifest.not_after),
             _K_FEATURES,
             features_cbor,
         )
@@ -354,6 +354,7 @@ def sign_manifests(
     signed: list[bytes] = []
     features: object = None
     section = b""
+    signer = cose.Sign1Signer(kid=kid, sign=sign, alg=cose.ALG_EDDSA)
     for manifest in manifests:
         if manifest.features is features:
             _check_header(manifest)
@@ -361,12 +362,15 @@ def sign_manifests(
             check_manifest(manifest)
             features = manifest.features
             section = _features_cbor(tuple(manifest.features.items()))
-        signed.append(_sign_payload(_assemble(manifest, section), kid, sign))
+        signed.append(_checked_size(signer.sign(_assemble(manifest, section))))
     return signed
 
 
 def _sign_payload(payload: bytes, kid: bytes, sign: Callable[[bytes], bytes]) -> bytes:
-    signed = cose.sign1(payload, kid=kid, sign=sign, alg=cose.ALG_EDDSA)
+    return _checked_size(cose.sign1(payload, kid=kid, sign=sign, alg=cose.ALG_EDDSA))
+
+
+def _checked_size(signed: bytes) -> bytes:
     if len(signed) > MAX_MANIFEST_SIZE:
         raise MessageError(f"signed manifest exceeds {MAX_MANIFEST_SIZE} bytes")
     return signed

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import cbor
-from protocols.cbor import Tag, decode, encode, encode_bstr, leading_tag
+from protocols.cbor import Tag, decode, encode, encode_bstr, encode_text, encode_uint, leading_tag
 from protocols.errors import DecodeError, MessageError, PayloadTooLarge, ProtocolError
 from tests.protocols.cbor_reference import reference_encode
 
@@ -449,3 +449,24 @@ def test_head_boundaries_match_the_reference(argument: int) -> None:
 @given(st.binary(max_size=300))
 def test_encode_bstr_is_encode_of_bytes(data: bytes) -> None:
     assert encode_bstr(data) == encode(data) == reference_encode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, UINT64_MAX), st.text(max_size=40))
+def test_encode_uint_and_text_are_encode(number: int, text: str) -> None:
+    assert encode_uint(number) == encode(number) == reference_encode(number)
+    assert encode_text(text) == encode(text) == reference_encode(text)
+    assert encode_uint(_Small.BIG) == encode(_Small.BIG)
+    assert encode_text(_Word.MONTH) == encode(_Word.MONTH)
+
+
+@pytest.mark.parametrize("value", [-1, 1 << 64, True, 1.0, "1", None])
+def test_encode_uint_refuses_non_uints(value: Any) -> None:
+    with pytest.raises(MessageError):
+        encode_uint(value)
+
+
+@pytest.mark.parametrize("value", [b"x", 1, None, "\ud800"])
+def test_encode_text_refuses_non_text(value: Any) -> None:
+    with pytest.raises(MessageError):
+        encode_text(value)

@@ -23,6 +23,7 @@ from protocols.cose import (
     CoseKey,
     Profile,
     Sign1,
+    Sign1Signer,
     decode_sign1,
     sig_structure,
     sign1,
@@ -457,3 +458,22 @@ def test_ed25519_keys_from_equal_bytes_verify_alike_and_short_keys_still_fail() 
     assert verify_sign1(data, [second]).kid == b"b"
     with pytest.raises(UnsupportedAlgorithm):
         CoseKey.ed25519(KID, raw[:31])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.binary(max_size=40), st.sampled_from([ALG_EDDSA, ALG_ES256]))
+def test_sign1_signer_equals_sign1(payload: bytes, kid: bytes, alg: int) -> None:
+    signer = ed_sign if alg == ALG_EDDSA else (lambda tbs: bytes(range(64)))
+    expected = sign1(payload, kid=kid, sign=signer, alg=alg)
+    assert Sign1Signer(kid=kid, sign=signer, alg=alg).sign(payload) == expected
+
+
+def test_sign1_signer_refuses_what_sign1_refuses() -> None:
+    with pytest.raises(UnsupportedAlgorithm):
+        Sign1Signer(kid=KID, sign=ed_sign, alg=-35)
+    with pytest.raises(CoseError):
+        Sign1Signer(kid="kid", sign=ed_sign)  # type: ignore[arg-type]
+    with pytest.raises(CoseError):
+        Sign1Signer(kid=KID, sign=ed_sign).sign("text")  # type: ignore[arg-type]
+    with pytest.raises(CoseError):
+        Sign1Signer(kid=KID, sign=lambda _tbs: b"short").sign(PAYLOAD)
