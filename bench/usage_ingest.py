@@ -41,7 +41,6 @@ import io
 import logging
 import multiprocessing
 import pstats
-import secrets
 import threading
 import time
 import uuid
@@ -385,7 +384,7 @@ class BareSubscriber:
     def __init__(self, port: int, password: str, device_ids: Sequence[str]) -> None:
         self._state = _SimRound()
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"{BARE_USER}-{secrets.token_hex(4)}",
+            CallbackAPIVersion.VERSION2, client_id=BARE_USER,
             protocol=mqtt.MQTTv311,
         )  # fmt: skip
         self._client.username_pw_set(BARE_USER, password)
@@ -470,7 +469,7 @@ class UsageBench:
         )
         filters = tuple(topics.device_up(d, topics.UpKind.USAGE) for d in self.seeded.project)
         self.hub = HubMqttClient(
-            host=HOST, port=self.broker.port, client_id=f"{HUB_USER}-{secrets.token_hex(4)}",
+            host=HOST, port=self.broker.port, client_id=HUB_USER,
             username=HUB_USER, password=password, router=self.router, filters=filters,
         )  # fmt: skip
         self.hub.start()

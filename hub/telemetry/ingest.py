@@ -27,6 +27,7 @@ retries it; the device then simply hears nothing and replays.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -148,9 +149,14 @@ def _wrong_type(device_id: str, message: Message) -> Outbound:
     return Outbound(topics.device_down(device_id, topics.DownKind.ERROR), encode_message(reply))
 
 
+@functools.lru_cache(maxsize=65_536)
+def _ack_topic(device_id: str) -> str:
+    return topics.device_down(device_id, topics.DownKind.USAGE_ACK)
+
+
 def _ack(entries: list[Entry]) -> Outbound:
     payload = encode_ack([(e.record.boot_epoch, e.record.seq, e.code) for e in entries])
-    return Outbound(topics.device_down(entries[0].device_id, topics.DownKind.USAGE_ACK), payload)
+    return Outbound(_ack_topic(entries[0].device_id), payload)
 
 
 def _log(result: IngestResult, entries: list[Entry]) -> None:
