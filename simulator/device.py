@@ -23,7 +23,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,19 @@ class Endpoints:
 
 
 class ConnectGate:
-    """Paces connection attempts fleet-wide (connects per second), so nobody storms."""
+    """Paces connection attempts fleet-wide (connects per second), so nobody storms.
 
-    def __init__(self, per_second: float) -> None:
+    With ``in_flight`` it also bounds how many attempts may be outstanding at
+    once (:meth:`slot`): claims wait for the hub's answer, and more claims in
+    flight than the hub answers within the agents' reply timeout only produce
+    timeouts and re-issued credentials.
+    """
+
+    def __init__(self, per_second: float, in_flight: int | None = None) -> None:
         self._interval = 1.0 / per_second
         self._next = 0.0
         self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(in_flight) if in_flight else None
 
     async def wait(self) -> None:
         """Return when this caller may connect."""
@@ -81,6 +88,17 @@ class ConnectGate:
             slot = max(now, self._next)
             self._next = slot + self._interval
         await asyncio.sleep(max(0.0, slot - time.monotonic()))
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the in-flight slots (if bounded) for one paced attempt."""
+        if self._slots is None:
+            await self.wait()
+            yield
+            return
+        async with self._slots:
+            await self.wait()
+            yield
 
 
 @dataclass
@@ -127,6 +145,7 @@ class SimDevice:
         self.features: Features | None = None
         self.transport: AsyncTransport | None = None
         self.online = False
+        self.in_run = False  # the run phase: flaky links and offline stretches apply
         self.settling = False  # faults and misbehaviour over: stay connected
         self.stopping = False
         self._crash = asyncio.Event()
@@ -246,7 +265,7 @@ class SimDevice:
             await asyncio.sleep(1.0)
 
     def _offline_now(self) -> bool:
-        if self.settling or self.group.connectivity != "offline":
+        if not self.in_run or self.settling or self.group.connectivity != "offline":
             return False
         since = time.monotonic() - self._run_start() + self._offline_phase
         return 0 <= since % self.group.offline_every_seconds < self.group.offline_seconds
@@ -328,7 +347,7 @@ class SimDevice:
             self.transport.crash()
 
     def _schedule_drop(self) -> None:
-        if self.group.connectivity == "flaky" and not self.settling:
+        if self.group.connectivity == "flaky" and self.in_run and not self.settling:
             mean = self.group.flaky_mean_up_seconds
             self._next_drop = time.monotonic() + self.rng.expovariate(1.0 / mean)
         else:
@@ -361,9 +380,11 @@ class SimDevice:
         if mono >= self._next_beat:
             out += session.heartbeat()
             self._next_beat = mono + self.spec.heartbeat_seconds
-        if mono >= self._next_drop:
+        if self._next_drop == math.inf and self.in_run:
+            self._schedule_drop()
+        if mono >= self._next_drop or self._offline_now():
             self._next_drop = math.inf
-            self.drop_link()
+            self.drop_link()  # the link is gone: no goodbye, the broker sends the will
         return out
 
     def _check_features(self, session: DeviceSession) -> None:
@@ -419,9 +440,9 @@ class SimDevice:
     async def _claim_until_done(self) -> Identity | None:
         key = self.spec.key or self.store.load_or_create_device_key()
         while not self.stopping:
-            await self.claim_gate.wait()
             try:
-                identity = await self._claim_once(key)
+                async with self.claim_gate.slot():
+                    identity = await self._claim_once(key)
             except ClaimFailed as exc:
                 self.record.errors[exc.code] = self.record.errors.get(exc.code, 0) + 1
                 log.info("%s: claim refused: %s", self.spec.serial, exc)

@@ -210,7 +210,7 @@ class _Run:
                 await proxy.start()
                 self.proxies[group.name] = proxy
         gate = ConnectGate(self.scenario.connects_per_second)
-        claim_gate = ConnectGate(self.scenario.claims_per_second)
+        claim_gate = ConnectGate(self.scenario.claims_per_second, self.scenario.claims_in_flight)
         n_addr = self.scenario.source_addresses
         for index, (serial, group) in enumerate(self._serials(fleet)):
             relay = self.proxies.get(group.name)
@@ -311,6 +311,8 @@ class _Run:
     async def _run_phase(self, fleet: provision.Fleet) -> None:
         scenario = self.scenario
         self.t0 = time.monotonic()
+        for device in self.devices:
+            device.in_run = True
         self._plan_attacks()
         for fault in scenario.faults:
             self._spawn(self._at(fault.at, self._fault(fault)))

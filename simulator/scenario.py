@@ -149,6 +149,7 @@ class Scenario:
     keepalive_seconds: int = 30
     connects_per_second: float = 200.0
     claims_per_second: float = 50.0
+    claims_in_flight: int = 50
     source_addresses: int = 16
     metering: bool = True
     firmware: bool = True
@@ -281,6 +282,7 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
         keepalive_seconds=top.integer("keepalive_seconds", 30, 5, 3_600),
         connects_per_second=top.number("connects_per_second", 200.0, 1.0, 100_000.0),
         claims_per_second=top.number("claims_per_second", 50.0, 0.1, 100_000.0),
+        claims_in_flight=top.integer("claims_in_flight", 50, 1, 100_000),
         source_addresses=top.integer("source_addresses", 16, 1, 250),
         metering=top.boolean("metering", True),
         firmware=top.boolean("firmware", True),
