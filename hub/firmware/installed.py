@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hub.audit.service import record
 from hub.firmware.models import DeviceFirmware, FirmwarePackage
 
 INT64_MAX = 2**63 - 1
@@ -23,6 +24,34 @@ def _row(session: Session, device_id: str, tenant_id: str, now: datetime) -> Dev
     return row
 
 
+def _set(
+    session: Session,
+    row: DeviceFirmware,
+    seq: int,
+    package: FirmwarePackage | None,
+    *,
+    now: datetime,
+) -> None:
+    """Update ``row`` and audit the change (nothing when nothing changed)."""
+    version = package.version if package is not None else None
+    package_id = package.id if package is not None else None
+    before = (row.installed_seq, row.installed_version, row.package_id)
+    if before == (seq, version, package_id):
+        return
+    row.installed_seq, row.installed_version, row.package_id = seq, version, package_id
+    row.updated_at = now
+    record(
+        session,
+        tenant_id=row.tenant_id,
+        actor=f"device:{row.device_id}",
+        action="firmware.device.installed",
+        target_type="device",
+        target_id=row.device_id,
+        now=now,
+        detail={"from_seq": before[0], "seq": seq, "version": version, "package_id": package_id},
+    )
+
+
 def note_reported(
     session: Session,
     *,
@@ -34,17 +63,15 @@ def note_reported(
 ) -> DeviceFirmware:
     """Record the sequence a device says it runs; the version is the catalogue's, if known."""
     row = _row(session, device_id, tenant_id, now)
-    if row.installed_seq != seq or row.package_id is None:
+    package = None
+    if seq:
         package = session.scalar(
             select(FirmwarePackage).where(
                 FirmwarePackage.device_class_id == device_class_id,
                 FirmwarePackage.sequence == seq,
             )
         )
-        row.installed_seq = seq
-        row.installed_version = package.version if package is not None else None
-        row.package_id = package.id if package is not None else None
-        row.updated_at = now
+    _set(session, row, seq, package, now=now)
     return row
 
 
@@ -53,10 +80,7 @@ def note_confirmed(
 ) -> DeviceFirmware:
     """A device confirmed ``package``: it now runs that version."""
     row = _row(session, device_id, package.tenant_id, now)
-    row.installed_seq = package.sequence
-    row.installed_version = package.version
-    row.package_id = package.id
-    row.updated_at = now
+    _set(session, row, package.sequence, package, now=now)
     return row
 
 

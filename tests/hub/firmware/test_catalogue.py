@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,6 +68,38 @@ def test_upload_builds_a_signed_envelope_of_the_payload(world: World) -> None:
         other = Ed25519Signer.generate()
         suit.inspect_envelope(envelope, [CoseKey.ed25519(other.kid, other.public_key_bytes())])
     assert world.payload_of(package) == payload
+
+
+def test_an_envelope_is_refused_by_a_device_of_another_class_or_with_a_newer_image(
+    world: World,
+) -> None:
+    package = world.package("1.0.0")
+    envelope = world.get(f"/firmware/packages/{package['id']}/envelope").content
+    key = [CoseKey.ed25519(world.signer.kid, world.signer.public_key_bytes())]
+    with pytest.raises(suit.SuitWrongDevice):
+        suit.verify_envelope(
+            envelope,
+            key,
+            expected_vendor=world.vendor_uuid,
+            expected_class=str(uuid.uuid4()),
+            state=suit.SuitState(),
+        )
+    with pytest.raises(suit.SuitRollback):
+        suit.verify_envelope(
+            envelope,
+            key,
+            expected_vendor=world.vendor_uuid,
+            expected_class=world.class_uuid,
+            state=suit.SuitState(highest=2),
+        )
+    manifest, state = suit.verify_envelope(
+        envelope,
+        key,
+        expected_vendor=world.vendor_uuid,
+        expected_class=world.class_uuid,
+        state=suit.SuitState(),
+    )
+    assert state.highest == manifest.sequence == 1
 
 
 def test_sequence_numbers_grow_per_class_and_versions_only_go_up(world: World) -> None:

@@ -218,6 +218,20 @@ def test_confirmed_records_the_installed_version(world: World) -> None:
         "confirmed",
     ]
     assert world.show(started["id"])["counts"] == {"confirmed": 1}
+    installed = world.ok(
+        world.get("/audit", action="firmware.device.installed", target_id=device, role="admin")
+    )
+    assert [(e["detail"]["seq"], e["detail"]["version"]) for e in installed["items"]] == [
+        (1, "1.0.0")
+    ]
+    # The device saying so again changes nothing, and writes nothing.
+    world.send((device, FirmwareQuery(installed_seq=1)))
+    assert (
+        world.ok(
+            world.get("/audit", action="firmware.device.installed", target_id=device, role="admin")
+        )["total"]
+        == 1
+    )
 
 
 def test_query_resends_the_offer_and_cancels_stale_jobs(world: World) -> None:
