@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 8 * 1024 * 1024
 """Most payload bytes one batch answers with (bounds memory and the publish window)."""
 IN_CHUNK = 900
+PACKAGE_CACHE = 64
+"""Packages (with their envelopes, up to 32 KiB each) kept in memory by one handler."""
 
 
 class Refused(Exception):
@@ -152,6 +154,8 @@ class FirmwareHandler:
         if package is None:
             package = session.get_one(FirmwarePackage, package_id)
             session.expunge(package)
+            if len(self._packages) >= PACKAGE_CACHE:
+                self._packages.pop(next(iter(self._packages)))  # the oldest entry
             self._packages[package_id] = package
         return package
 
