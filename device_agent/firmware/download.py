@@ -14,10 +14,13 @@ still missing, those are taken as lost and asked for again at once, instead
 of after the timeout (a reordering hub only causes duplicates, which are
 dropped).
 
-Timeouts: when requests are outstanding and nothing new arrives for
-``timeout`` seconds, every missing chunk of the window is requested again
-(a *stall*); progress resets the stall count, and more than ``max_stalls``
-stalls in a row mean the download is given up. After a reconnect everything
+Timeouts: when requests are outstanding and nothing new arrives in time,
+every missing chunk of the window is requested again (a *stall*); progress
+resets the stall count, and more than ``max_stalls`` stalls in a row mean the
+download is given up. The timeout is fixed, neither stretched by a measured
+round trip nor backed off after a stall: the hub may leave a request
+unanswered on purpose (its per-batch byte budget), and then only asking again
+soon helps; one small request per ``timeout`` and device is no load. After a reconnect everything
 missing is requested again at once, starting from ``base``: that is the
 resume from the last verified chunk.
 """
@@ -49,7 +52,7 @@ class ChunkWindow:
     base: int = 0
     in_flight: int = 32
     request_size: int = MAX_CHUNK_WINDOW
-    timeout: int = 10
+    timeout: float = 10
     max_stalls: int = 6
     bad_chunks: int = 0
     stalls: int = 0
@@ -57,13 +60,13 @@ class ChunkWindow:
     _buffered: dict[int, bytes] = field(default_factory=dict)
     _requested: dict[int, int] = field(default_factory=dict)  # index -> request serial
     _serial: int = 0
-    _deadline: int | None = None
+    _deadline: float | None = None
 
     def __post_init__(self) -> None:
         """Check the bounds."""
         if not 1 <= self.request_size <= MAX_CHUNK_WINDOW:
             raise ValueError(f"request_size must be 1..{MAX_CHUNK_WINDOW}")
-        if self.in_flight < 1 or self.timeout < 1 or self.max_stalls < 0:
+        if self.in_flight < 1 or self.timeout <= 0 or self.max_stalls < 0:
             raise ValueError("in_flight and timeout must be positive, max_stalls not negative")
         if not 0 <= self.base <= self.chunk_count:
             raise ValueError("base is outside the image")
@@ -85,8 +88,34 @@ class ChunkWindow:
         """Whether ``index`` is inside the window and not yet here."""
         return self.base <= index < self._limit() and index not in self._buffered
 
-    def plan(self, now: int) -> list[tuple[int, int]]:
-        """The requests to send now: ``(index, count)`` runs of missing, unrequested chunks."""
+    def plan(self, now: float) -> list[tuple[int, int]]:
+        """The requests to send now: ``(index, count)`` runs of missing, unrequested chunks.
+
+        Holes (chunks refused, skipped or timed out behind the newest request)
+        are asked for at once; new ground at the front of the window only in
+        full requests (``request_size`` chunks, or the rest of the image), so a
+        window sliding one chunk at a time does not send one request per chunk.
+        """
+        frontier = max(
+            max(self._requested, default=-1), max(self._buffered, default=-1), self.base - 1
+        )
+        full = min(self.request_size, self.in_flight)
+        idle = not self._requested
+        runs: list[tuple[int, int]] = []
+        for index, count in self._missing_runs():
+            fresh = index > frontier
+            if fresh and not idle and count < full and index + count < self.chunk_count:
+                continue
+            runs.append((index, count))
+        for index, count in runs:
+            self._serial += 1
+            self._requested.update(dict.fromkeys(range(index, index + count), self._serial))
+        if runs and self._deadline is None:
+            self._deadline = now + self.timeout
+        return runs
+
+    def _missing_runs(self) -> list[tuple[int, int]]:
+        """Runs of at most ``request_size`` chunks neither here nor asked for, in the window."""
         runs: list[tuple[int, int]] = []
         start: int | None = None
         for index in range(self.base, self._limit()):
@@ -100,14 +129,9 @@ class ChunkWindow:
                 start = index
         if start is not None:
             runs.append((start, self._limit() - start))
-        for index, count in runs:
-            self._serial += 1
-            self._requested.update(dict.fromkeys(range(index, index + count), self._serial))
-        if runs and self._deadline is None:
-            self._deadline = now + self.timeout
         return runs
 
-    def accept(self, index: int, data: bytes, now: int) -> bool:
+    def accept(self, index: int, data: bytes, now: float) -> bool:
         """Keep a *verified* chunk if the window wants it.
 
         Returns:
@@ -165,7 +189,7 @@ class ChunkWindow:
         self._requested.clear()
         self._deadline = None
 
-    def expire(self, now: int) -> bool:
+    def expire(self, now: float) -> bool:
         """Count a stall if outstanding requests timed out; ``True`` once too many.
 
         After a stall the outstanding requests are forgotten, so the next

@@ -61,6 +61,14 @@ def test_a_timeout_asks_for_the_missing_chunks_again_and_gives_up_after_max_stal
     assert window.expire(33) and window.stalls == 3
 
 
+def test_fractional_seconds_work_too():
+    window = ChunkWindow(chunk_count=4, timeout=0.5)
+    window.plan(0.0)
+    assert not window.expire(0.4)
+    assert not window.expire(0.5) and window.stalls == 1
+    assert window.plan(0.5) == [(0, 4)]
+
+
 def test_progress_resets_the_stall_count():
     window = ChunkWindow(chunk_count=4, timeout=5, max_stalls=1)
     window.plan(0)
@@ -151,3 +159,21 @@ def test_chunks_of_one_request_in_order_lose_nothing():
     for index in range(32):
         window.accept(index, b"x", 0)
     assert window.lost == 0 and window.ready() == 32
+
+
+def test_a_window_sliding_chunk_by_chunk_asks_in_full_requests():
+    window = ChunkWindow(chunk_count=100, in_flight=32, request_size=16)
+    requests = window.plan(0)
+    for index in range(100):
+        window.accept(index, b"x", 0)
+        window.take()
+        requests += window.plan(0)
+    assert [count for _, count in requests] == [16, 16, 16, 16, 16, 16, 4]
+    assert window.complete
+
+
+def test_a_hole_behind_the_front_is_asked_for_at_once():
+    window = ChunkWindow(chunk_count=100, in_flight=32, request_size=16)
+    window.plan(0)
+    window.refused(3)
+    assert window.plan(0) == [(3, 1)]
