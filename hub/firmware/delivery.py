@@ -39,6 +39,7 @@ from hub.firmware.errors import BlobError
 from hub.firmware.gate import Gate, entitled_devices
 from hub.firmware.installed import INT64_MAX, note_confirmed, note_reported
 from hub.firmware.models import FirmwarePackage
+from hub.firmware.wire import chunk_payloads
 from hub.mqtt.outbound import Outbound
 from hub.registry.models import Device
 from hub.rollouts import engine, jobs
@@ -47,7 +48,6 @@ from hub.rollouts.policy import ACTIVE_STATES, next_job_state
 from protocols import topics
 from protocols.firmware_messages import (
     MAX_ACK_KEYS,
-    FirmwareChunk,
     FirmwareChunkRequest,
     FirmwareQuery,
     FirmwareReportAck,
@@ -212,13 +212,10 @@ class FirmwareHandler:
             return  # the device re-requests; nothing to tell it that would help
         batch.budget -= len(data)
         topic = topics.device_down(job.device_id, topics.DownKind.FIRMWARE)
-        for offset in range(0, len(data), package.chunk_size):
-            chunk = FirmwareChunk(
-                job_id=job.job_id,
-                index=index + offset // package.chunk_size,
-                data=data[offset : offset + package.chunk_size],
-            )
-            batch.out.append(Outbound(topic, encode_message(chunk)))
+        batch.out.extend(
+            Outbound(topic, payload)
+            for payload in chunk_payloads(job.job_id, index, data, package.chunk_size)
+        )
 
     # --- reports ----------------------------------------------------------------------------
 
