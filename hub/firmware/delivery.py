@@ -117,10 +117,11 @@ class FirmwareHandler:
         return batch.out
 
     def _one(self, session: Session, batch: _Batch, device_id: str, message: Message) -> None:
-        if device_id not in batch.devices:
-            return  # unclaimed meanwhile: the router only passes claimed senders
+        # The router passes only senders it found claimed in this transaction.
         if isinstance(message, FirmwareChunkRequest):
             self._chunks(session, batch, device_id, message)
+        elif device_id not in batch.devices:
+            return  # unclaimed meanwhile (a disable racing the batch)
         elif isinstance(message, ReportMessage):
             self._report(session, batch, device_id, message)
         elif isinstance(message, FirmwareQuery):
@@ -135,16 +136,19 @@ class FirmwareHandler:
     def _load(
         self, session: Session, items: Sequence[tuple[str, Message]], now: datetime
     ) -> _Batch:
-        device_ids = sorted({device_id for device_id, _ in items})
-        job_ids = sorted(
-            {m.job_id for _, m in items if isinstance(m, FirmwareChunkRequest | ReportMessage)}
-        )
+        # Chunk requests only read; queries and reports write, so only they need
+        # the device rows, and the jobs that reports move are locked.
+        writers = sorted({d for d, m in items if not isinstance(m, FirmwareChunkRequest)})
+        reported = {m.job_id for _, m in items if isinstance(m, ReportMessage)}
+        requested = {m.job_id for _, m in items if isinstance(m, FirmwareChunkRequest)}
         keys = sorted({m.key for _, m in items if isinstance(m, ReportMessage)})
+        jobs = _jobs(session, sorted(requested - reported), lock=False)
+        jobs.update(_jobs(session, sorted(reported), lock=True))
         return _Batch(
             now=now,
-            devices=_claimed(session, device_ids),
-            jobs=_jobs(session, job_ids),
-            seen_keys=_seen(session, device_ids, keys),
+            devices=_claimed(session, writers),
+            jobs=jobs,
+            seen_keys=_seen(session, writers, keys),
             budget=self._batch_bytes,
         )
 
@@ -316,13 +320,11 @@ def _claimed(session: Session, device_ids: list[str]) -> dict[str, Device]:
     return found
 
 
-def _jobs(session: Session, job_ids: list[str]) -> dict[str, FirmwareJob]:
+def _jobs(session: Session, job_ids: list[str], *, lock: bool) -> dict[str, FirmwareJob]:
     found: dict[str, FirmwareJob] = {}
     for start in range(0, len(job_ids), IN_CHUNK):
-        chunk = job_ids[start : start + IN_CHUNK]
-        rows = session.scalars(
-            select(FirmwareJob).where(FirmwareJob.job_id.in_(chunk)).with_for_update()
-        )
+        query = select(FirmwareJob).where(FirmwareJob.job_id.in_(job_ids[start : start + IN_CHUNK]))
+        rows = session.scalars(query.with_for_update() if lock else query)
         found.update((job.job_id, job) for job in rows)
     return found
 
