@@ -371,8 +371,16 @@ def evaluate_meter(  # noqa: PLR0917 - the signature billing codes against
     return totals[0].value
 
 
-def _row(record: UsageRecord) -> UsageRecordRow:
-    return UsageRecordRow(**{name: getattr(record, name) for name in RECORD_FIELDS})
+_RECORD_COLUMNS = [getattr(UsageRecord, name) for name in RECORD_FIELDS]
+
+
+def _select_rows() -> Select[Any]:
+    """The record columns as plain rows: no ORM identity map, nothing left in the session."""
+    return select(*_RECORD_COLUMNS)
+
+
+def _row(values: Any) -> UsageRecordRow:
+    return UsageRecordRow(*values)
 
 
 def iter_records(
@@ -404,7 +412,7 @@ def iter_records(
         by_received=by_received,
     )
     column = UsageRecord.received_at if by_received else UsageRecord.recorded_at
-    base = select(UsageRecord).where(*flt.clauses()).order_by(column, UsageRecord.id).limit(chunk)
+    base = _select_rows().where(*flt.clauses()).order_by(column, UsageRecord.id).limit(chunk)
     after: tuple[datetime, int] | None = None
     while True:
         query = base
@@ -413,8 +421,7 @@ def iter_records(
             query = query.where(
                 or_(column > moment, and_(column == moment, UsageRecord.id > last_id))
             )
-        rows = [_row(record) for record in session.scalars(query)]
-        session.expunge_all()
+        rows = [_row(values) for values in session.execute(query)]
         yield from rows
         if len(rows) < chunk:
             return
@@ -430,13 +437,9 @@ def page_records(
     clauses = flt.clauses()
     total = int(session.scalar(select(func.count()).select_from(UsageRecord).where(*clauses)) or 0)
     query = (
-        select(UsageRecord)
-        .where(*clauses)
-        .order_by(column, UsageRecord.id)
-        .limit(limit)
-        .offset(offset)
+        _select_rows().where(*clauses).order_by(column, UsageRecord.id).limit(limit).offset(offset)
     )
-    return [_row(record) for record in session.scalars(query)], total
+    return [_row(values) for values in session.execute(query)], total
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.errors import ValidationFailed
+from hub.registry.models import Tenant
 from hub.telemetry import queries
 from hub.telemetry.models import UsageRecord
 from tests.hub.conftest import make_tenant
@@ -182,3 +183,9 @@ def test_evaluate_meter(session: Session, seeded: str) -> None:
     assert value == Decimal("7.3") + Decimal("1999999999999.999999")
     assert queries.evaluate_meter(session, _Meter("count"), seeded, "acct-a", T0, END) == 5
     assert queries.evaluate_meter(session, _Meter("sum"), seeded, "acct-none", T0, END) == 0
+
+
+def test_iter_records_leaves_the_callers_session_alone(session: Session, seeded: str) -> None:
+    tenant = session.get_one(Tenant, seeded)
+    assert len(list(queries.iter_records(session, tenant_id=seeded, start=T0, end=END))) == 9
+    assert tenant in session  # billing's objects stay attached
