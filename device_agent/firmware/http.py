@@ -7,7 +7,7 @@ into chunks and checks each against the signed manifest before writing
 (:func:`device_agent.firmware.processor.split_range`).
 
 Failures raise :class:`~device_agent.firmware.errors.DownloadFailed`;
-``permanent`` is set for answers a retry cannot change (401, 403, 404, 416,
+``permanent`` is set for answers a retry cannot change (401, 403, 404, 409, 416,
 a ``Content-Range`` that is not the one asked for).
 """
 
@@ -21,7 +21,13 @@ import httpx
 from device_agent.firmware.errors import DownloadFailed
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_PERMANENT = {401: "unauthorized", 403: "not_entitled", 404: "unknown_job", 416: "bad_range"}
+_PERMANENT = {
+    401: "unauthorized",
+    403: "not_entitled",
+    404: "unknown_job",
+    409: "job_not_active",
+    416: "bad_range",
+}
 
 
 class RangeFetcher(Protocol):

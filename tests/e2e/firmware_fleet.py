@@ -79,6 +79,7 @@ class FleetDevice:
     serial: str
     directory: Path
     healthy: bool = True
+    firmware: dict[str, Any] = field(default_factory=dict)  # overrides of the [firmware] table
     identity: Identity | None = None
     session: DeviceSession | None = None
     component: FirmwareComponent | None = None
@@ -246,7 +247,12 @@ class FirmwareFleet:
     def _build(self, device: FleetDevice) -> None:
         assert device.identity is not None
         state_dir = device.directory / "state"
-        table = {"vendor_id": self.vendor_id, "class_id": self.class_id, **self.firmware}
+        table = {
+            "vendor_id": self.vendor_id,
+            "class_id": self.class_id,
+            **self.firmware,
+            **device.firmware,
+        }
         config = parse_config(
             {
                 "device": {"serial": device.serial, "state_dir": "state"},

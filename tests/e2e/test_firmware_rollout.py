@@ -13,7 +13,8 @@ first wave and 16 of the second. The test checks that the rollout aborts at the
 threshold, that no device of the second wave (nor any unentitled device) is
 ever offered the package or sent a byte of it, that every failing device of
 the first wave reverted to its old image, and that every confirmed device runs
-exactly the released image, as the hub also records.
+exactly the released image, as the hub also records. Three healthy devices of
+the first wave download over the hub's ranged HTTP endpoint instead of MQTT.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.e2e
 
 ENTITLED, UNENTITLED = 100, 10
 WAVE1, FAIL1, FAIL2 = 20, 4, 16
+HTTP_DEVICES = 3
 CHUNK = 1024
 IMAGE = random.Random(7).randbytes(8 * CHUNK + 100)  # 9 chunks, the last short
 
@@ -189,6 +191,10 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
             failing = set(first[:FAIL1]) | set(second[:FAIL2])
             for device_id in failing:
                 by_id[device_id].healthy = False
+            # a few healthy first-wave devices download over HTTP ranges instead of MQTT
+            http = [d for d in first if d not in failing][:HTTP_DEVICES]
+            for device_id in http:
+                by_id[device_id].firmware = {"transport": "http", "http_url": hub.api_url}
 
             fleet.connect_all()  # every device asks the hub on connect (fw_query)
             state = wait_until(
@@ -256,6 +262,10 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
                 assert out["step"] is Step.FAILED and out["reason"].startswith("cancelled")
                 assert out["image"] == out["factory"] and job["state"] in ("cancelled", "failed")
         assert reverted >= 1 and confirmed >= 1
+        for device_id in http:  # verified chunk by chunk from HTTP ranges, none over MQTT
+            if snapshot[device_id]["step"] is Step.CONFIRMED:
+                assert snapshot[device_id]["chunks"] == 0
+        assert any(snapshot[d]["step"] is Step.CONFIRMED for d in http)
         assert reverted + confirmed >= 10  # the threshold needs a sample of 10
 
         for device_id in first:

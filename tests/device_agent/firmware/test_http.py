@@ -56,7 +56,13 @@ def test_a_range_is_fetched_with_basic_auth():
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(401, "unauthorized"), (403, "not_entitled"), (404, "unknown_job"), (416, "bad_range")],
+    [
+        (401, "unauthorized"),
+        (403, "not_entitled"),
+        (404, "unknown_job"),
+        (409, "job_not_active"),
+        (416, "bad_range"),
+    ],
 )
 def test_refusals_are_permanent(status, code):
     _, transport = serve(NEW, status=status)
