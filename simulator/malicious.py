@@ -135,8 +135,15 @@ async def _probe_topics(device: SimDevice, victim: str | None) -> None:
 
 
 async def _oversize(device: SimDevice, _victim: str | None) -> None:
+    if device.transport is None:
+        raise TransportError("offline")
     topic = topics.device_up(device.device_id, topics.UpKind.HELLO)
-    await _publish(device, topic, os.urandom(OVERSIZE_BYTES), plant=True)
+    try:
+        await _publish(device, topic, os.urandom(OVERSIZE_BYTES), plant=True)
+    except TransportError:
+        # The broker closed the connection over the packet's size: the expected answer.
+        attacks = device.record.attacks
+        attacks["oversize_disconnected"] = attacks.get("oversize_disconnected", 0) + 1
 
 
 async def _malformed(device: SimDevice, _victim: str | None) -> None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from simulator.hubapi import HubApi, HubApiError
 from simulator.scenario import Scenario
 
-IMPORT_CHUNK = 5_000
+IMPORT_CHUNK = 1_000
 METERED_CAP = 1_000_000
 
 
