@@ -62,7 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench._fanout_devices import SUBSCRIBE_CHUNK as _SUBSCRIBE_CHUNK
 from bench._fanout_devices import Simulator
-from bench.harness import BenchResult, Sample, interleave, rate
+from bench.harness import BenchResult, Sample, interleave, median, rate
 from hub.broker.passwords import hash_password, new_secret
 from hub.clock import utc_now
 from hub.db.engine import make_engine, make_session_factory
@@ -502,6 +502,7 @@ class FanoutBench:
         self.sizes = []
         self.sim.arm("device")
         self.router.arm(n)
+        load = os.getloadavg()[0]
         cpu0 = self._cpu()
         t0 = time.monotonic()
         with self.factory() as s:
@@ -534,12 +535,16 @@ class FanoutBench:
         if acknowledged != n:
             raise RuntimeError(f"{acknowledged} of {n} manifests acknowledged in the database")
         t_pub0, t_pub1 = self._publish_marks[0], self._publish_marks[-1]
+        marks = self._publish_marks
+        publishing = sum(marks[i + 1] - marks[i] for i in range(0, len(marks), 2))
         phases = {
             "product_change_s": t_change - t0,
             "issue_first_chunk_s": t_pub0 - t_change,
             "sign_s": self.sign_seconds,
             "issue_and_publish_s": t_pub1 - t_pub0,
             "publish_calls": len(self._publish_marks) // 2,
+            "in_publish_s": publishing,  # inside HubMqttClient.publish (window waits included)
+            "issuing_s": t_pub1 - t_change - publishing,  # issue() and commit, chunk by chunk
             "acks_after_publish_s": t_end - t_pub1,
             "last_device_ack_sent_s": t_sim_last - t0,
             "total_s": t_end - t0,
@@ -547,6 +552,7 @@ class FanoutBench:
             **cpu,
             "hub_issue_thread_cpu_s": issue_cpu,
             "ack_batches": self.router.batches,
+            "load_avg_1m": load,
             "devices_cpu_s": self.sim.cpu_seconds,
         }
         return Sample(rate(n, t_end - t0), {k: round(v, 3) for k, v in phases.items()})
@@ -586,6 +592,7 @@ class FanoutBench:
         n = self.config.devices
         payloads = [os.urandom(size) for size in self.sizes]
         self.sim.arm("count")
+        load = os.getloadavg()[0]
         cpu0 = self._cpu()
         t0 = time.monotonic()
         t_pubacks = self.bare.publish_all(self.topics, payloads, self.config.timeout)
@@ -597,6 +604,7 @@ class FanoutBench:
         detail = {
             "last_received_s": t_last - t0,
             "all_pubacks_s": t_pubacks - t0,
+            "load_avg_1m": load,
             **cpu,
             "devices_cpu_s": self.sim.cpu_seconds,
         }
@@ -749,6 +757,39 @@ class BarePublisher:
 # ------------------------------------------------------------------ entry point
 
 
+def _cpu_notes(project: list[Sample], baseline: list[Sample], n: int) -> list[str]:
+    """What the rounds' CPU seconds say about the best ratio this machine allows."""
+
+    def med(runs: list[Sample], key: str) -> float:
+        return median([float(r.detail.get(key, 0.0)) for r in runs])
+
+    hub, devices, broker = (med(project, k) for k in _CPU_KEYS)
+    total = hub + devices + broker
+    base_total = sum(med(baseline, k) for k in _CPU_KEYS)
+    floor = max(hub, total / 2)
+    best = rate(n, floor) / median([r.value for r in baseline]) if floor > 0 else 0.0
+    threads = ", ".join(
+        f"{label} {med(project, key):.2f}"
+        for label, key in (
+            ("issuing/publishing thread", "hub_issue_thread_cpu_s"),
+            ("paho network thread", "hub_network_thread_cpu_s"),
+            ("dispatcher", "hub_dispatch_thread_cpu_s"),
+        )
+    )
+    return [
+        f"CPU seconds per project round (medians): hub process {hub:.2f} ({threads}), "
+        f"simulated devices {devices:.2f}, Mosquitto {broker:.2f}; {total:.2f} in all, "
+        f"{total / n * 1e6:,.0f} µs per device. A baseline round uses {base_total:.2f}.",
+        f"On 2 cores a project round cannot take less than max(hub process, all CPU / 2) = "
+        f"{floor:.2f} s (the hub's threads share one GIL), i.e. {rate(n, floor):,.0f} "
+        f"devices/s: {best:.2f} of the baseline's median even with no waiting and an "
+        "otherwise idle machine (1-minute load average per run in results.json).",
+    ]
+
+
+_CPU_KEYS = ("hub_cpu_s", "devices_cpu_s", "broker_cpu_s")
+
+
 def run(
     *, quick: bool, repeats: int, profile_dir: Path | None, say: Callable[[str], None] = print
 ) -> BenchResult:
@@ -800,13 +841,15 @@ def run(
             "same window, same broker, counted by the same subscriber connections."
         ),
         notes=[
+            *_cpu_notes(project_runs, baseline_runs, n),
             f"simulated devices: {config.sim_processes} processes with {config.sim_clients} "
             "MQTT connections each (bench/_fanout_devices.py), each connection subscribed to "
             f"{n // (config.sim_processes * config.sim_clients):,} explicit "
             "d/{id}/down/manifest topics",
             "runs interleaved baseline/project after one untimed warm-up round of each",
-            "project detail per run (seconds): product_change, issue_and_commit (sign_s inside "
-            "it), publish, acks_after_publish; see results.json",
+            "per run in results.json: phases (product_change_s, issue_first_chunk_s, "
+            "issue_and_publish_s with sign_s inside it, acks_after_publish_s, total_s), CPU "
+            "seconds per process and hub thread, ack batches, and the machine's 1-minute load",
         ],
         detail=detail,
     )

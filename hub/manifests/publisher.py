@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.entitlements.grants import IN_CHUNK
 from hub.entitlements.seats import expire_stale_seats
 from hub.entitlements.service import expire_due
 from hub.manifests import service
@@ -21,7 +22,8 @@ from hub.mqtt.outbound import Outbound
 log = logging.getLogger(__name__)
 
 Work = Callable[[Session, datetime], list[Outbound]]
-FANOUT_CHUNK = 1000
+# One chunk per IN (...) list: issuing reads each chunk with one query per table.
+FANOUT_CHUNK = IN_CHUNK
 
 
 class ManifestPublisher:
