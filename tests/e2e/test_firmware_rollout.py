@@ -98,7 +98,6 @@ def import_devices(api: httpx.Client, class_id: str, serials: list[str]) -> dict
 
 
 def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path) -> None:
-    started = time.monotonic()
     vendor, klass = str(uuid.uuid4()), str(uuid.uuid4())
     run = secrets.token_hex(3)
     with hub.api(hub.create_tenant(f"fw-{run}")) as api:
@@ -281,7 +280,6 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
             headers={"Range": "bytes=0-1023"},
         )
         assert response.status_code == 404
-    assert time.monotonic() - started < 180
 
 
 def _outcome(device: FleetDevice) -> dict:
