@@ -163,6 +163,12 @@ def measure(
         name=name, unit=unit, target_ratio=TARGET_RATIO, project_runs=project_runs,
         baseline_runs=baseline_runs, description=description, detail=detail,
     )  # fmt: skip
+    _add_notes(result, shape, divisor)
+    return result
+
+
+def _add_notes(result: BenchResult, shape: Shape, divisor: int) -> None:
+    """The absolute records/s target and the message rates, as notes and detail."""
     records_per_second = result.project * divisor
     met = records_per_second >= RECORDS_PER_SECOND_TARGET
     result.notes.append(
@@ -174,5 +180,4 @@ def measure(
         f"messages/s: project {records_per_second / shape.records:,.1f}, "
         f"baseline {result.baseline * divisor / shape.records:,.1f} (the ratio is the same)"
     )
-    detail["records_per_second_target_met"] = met
-    return result
+    result.detail["records_per_second_target_met"] = met
