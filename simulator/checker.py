@@ -142,14 +142,16 @@ def check(records: Mapping[str, DeviceRecord], hub: HubState, facts: RunFacts) -
     if hub.usage_records is None:
         skipped.append("usage: the hub has no usage API yet (lost/duplicated/unexpected unchecked)")
     if not facts.metering_available:
-        skipped.append("usage: the agent has no metering component yet (nothing was sent)")
+        skipped.append(
+            "usage: no device ran a metering component (not configured, or the agent has none)"
+        )
     converged = sum(_check_manifest(r, hub, violations) for r in records.values())
     for record in records.values():
         _check_features(record, facts, violations)
         _check_isolation(record, violations)
     _check_rollouts(hub, violations, skipped)
     if not facts.firmware_available:
-        skipped.append("firmware: the agent has no firmware component yet (installs unchecked)")
+        skipped.append("firmware: no device ran a firmware component (installs unchecked)")
     return CheckResult(
         devices=len(records),
         usage=usage,

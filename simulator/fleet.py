@@ -306,7 +306,8 @@ class _Run:
         for i, group in enumerate(groups):
             self.progress("entitle", i, len(groups), f"activating {group.name}")
             await provision.activate(self.api, fleet, group.name)
-        self.progress("entitle", len(groups), len(groups) or 1, "entitlements active")
+        done = len(groups) or 1
+        self.progress("entitle", done, done, "entitlements active" if groups else "none (scenario)")
 
     async def _run_phase(self, fleet: provision.Fleet) -> None:
         scenario = self.scenario
