@@ -14,9 +14,10 @@ Job states::
 
 Reports only move a job forward (a late or repeated ``downloading`` after
 ``verified`` changes nothing); ``failed`` and ``reverted`` end it from any active
-state. A ``timed_out`` or ``cancelled`` job still takes the device's final word
-(``confirmed``, ``failed``, ``reverted``): a device past ``installing`` when it
-was cancelled finishes, and the record says what it really runs.
+state. A ``timed_out`` or ``cancelled`` job still takes an outcome that changes
+what the device runs (``confirmed`` or ``reverted``: it was past ``installing``
+when told), so the record says what it really runs; its ``failed`` is the device
+abandoning the job as told (``cancelled: <reason>``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ ACTIVE_STATES = (
 """Offered and not finished: these jobs have a deadline."""
 FAILURE_STATES = ("failed", "reverted", "timed_out")
 FINAL_STEPS = ("confirmed", "failed", "reverted")
+LATE_OUTCOMES = ("confirmed", "reverted")
+"""What a timed-out or cancelled job still takes from its device: what the device now runs.
+A ``failed`` report there is the device abandoning the job as it was told to."""
 TERMINAL_STATES = ("confirmed", *FAILURE_STATES, "cancelled")
 CANCELLABLE_STATES = ("offered", "downloading", "downloaded", "verified")
 """Active states a cancel withdraws (a device past ``verified`` finishes and reports)."""
@@ -60,7 +64,7 @@ def next_job_state(state: str, step: str) -> str | None:
         if step in _RANK and _RANK[step] > _RANK[state]:
             return step
         return None
-    if state in ("timed_out", "cancelled") and step in FINAL_STEPS:
+    if state in ("timed_out", "cancelled") and step in LATE_OUTCOMES:
         return step
     return None
 

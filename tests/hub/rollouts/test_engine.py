@@ -428,3 +428,22 @@ def test_offers_go_out_in_bounded_transactions_each_published_after_its_commit(
         (3, {"offered": 6, "pending": 1}),
         (1, {"offered": 7}),
     ]
+
+
+def test_a_device_abandoning_a_cancelled_job_is_not_a_failed_install(world: World) -> None:
+    package = world.package("1.0.0")
+    a, b = fleet(world, 2)
+    started = world.start(package["id"], failure_percent=0, failure_min_sample=1)
+    offered = offers(world.tick())
+    world.revoke_all()
+    world.entitle(b)  # only a loses the product
+    replies = world.send((a, FirmwareQuery(installed_seq=0, job_id=offered[a])))
+    assert cancels(replies) == {a: "not_entitled"}
+    report(world, a, offered[a], "failed", reason="cancelled: not_entitled")
+    world.tick()
+    shown = world.show(started["id"])
+    assert shown["state"] == "running", shown["state_reason"]  # any real failure would pause
+    assert world.job_of(started["id"], a)["state"] == "cancelled"
+    report(world, b, offered[b], "failed", reason="flash write error")
+    world.tick()
+    assert world.show(started["id"])["state"] == "paused"

@@ -39,10 +39,13 @@ from hub.rollouts.policy import (
         ("confirmed", "failed", None),  # a finished job stays finished
         ("failed", "confirmed", None),
         ("reverted", "confirmed", None),
-        ("timed_out", "confirmed", "confirmed"),  # the device's final word counts
+        ("timed_out", "confirmed", "confirmed"),  # what the device now runs counts
         ("timed_out", "reverted", "reverted"),
+        ("timed_out", "failed", None),  # the device abandoning the job, as it was told
         ("timed_out", "downloading", None),
         ("cancelled", "confirmed", "confirmed"),
+        ("cancelled", "reverted", "reverted"),
+        ("cancelled", "failed", None),  # "cancelled: not_entitled" is not a failed install
         ("cancelled", "installing", None),
     ],
 )
