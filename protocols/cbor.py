@@ -36,6 +36,7 @@ _MAJOR_UINT, _MAJOR_NINT, _MAJOR_BSTR, _MAJOR_TSTR = 0, 1, 2, 3
 _MAJOR_ARRAY, _MAJOR_MAP, _MAJOR_TAG = 4, 5, 6
 _SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
 _KEY_TYPES = (int, str)
+_SCALAR_TYPE_SET = frozenset(_SCALAR_TYPES)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ def _check_data_model(value: Any) -> None:
     while stack:
         item = stack.pop()
         kind = type(item)
+        if kind in _SCALAR_TYPE_SET:
+            continue
         if kind is list:
             stack.extend(item)
         elif kind is dict:
@@ -154,7 +157,7 @@ def _check_data_model(value: Any) -> None:
             stack.extend(item.values())
         elif kind is Tag:
             stack.append(item.value)
-        elif kind not in _SCALAR_TYPES:
+        else:
             # undefined, simple(n) and anything cbor2 might produce one day.
             raise DecodeError(f"CBOR item of type {kind.__name__} is not allowed")
 

@@ -248,24 +248,17 @@ def _required(document: dict[Any, Any], number: int, what: str) -> Any:
     return document[number]
 
 
-def _optional(document: dict[Any, Any], number: int) -> Any:
-    return document.get(number)
-
-
 def _entry_from_wire(key: str, value: Any) -> FeatureEntry:
     if not isinstance(value, dict):
         raise MessageError(f"feature {key!r}: entry must be a map")
-    enabled = _required(value, E_ENABLED, f"feature {key!r}.enabled")
-    limit, cap = _optional(value, E_LIMIT), _optional(value, E_CAP)
-    period, overage = _optional(value, E_PERIOD), _optional(value, E_OVERAGE)
-    for name, raw in (("limit", limit), ("cap", cap)):
-        if raw is not None:
-            _uint(raw, f"feature {key!r}.{name}")
-    for name, raw, allowed in (("period", period, _PERIODS), ("overage", overage, _OVERAGES)):
-        if raw is not None:
-            _choice(raw, allowed, f"feature {key!r}.{name}")
-    entry = FeatureEntry(enabled=enabled, limit=limit, cap=cap, period=period, overage=overage)
-    return _check_entry(key, entry)
+    entry = FeatureEntry(
+        enabled=_required(value, E_ENABLED, f"feature {key!r}.enabled"),
+        limit=value.get(E_LIMIT),
+        cap=value.get(E_CAP),
+        period=value.get(E_PERIOD),
+        overage=value.get(E_OVERAGE),
+    )
+    return _check_entry(key, entry)  # every field's type and range, as for encoding
 
 
 def _features_from_wire(value: Any) -> dict[str, FeatureEntry]:
