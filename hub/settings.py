@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         default=300, ge=5, description="floating-seat heartbeat timeout"
     )
     maintenance_interval_seconds: int = Field(default=30, ge=1)
+    usage_future_skew_seconds: int = Field(
+        default=300, ge=0, description="usage timestamps further ahead are quarantined"
+    )
+    usage_max_age_seconds: int = Field(
+        default=90 * 86_400, ge=1, description="usage timestamps older than this are quarantined"
+    )
     log_level: str = "INFO"
 
     @classmethod
