@@ -72,7 +72,7 @@ from protocols.firmware_messages import (
     FirmwareReport,
     FirmwareReportAck,
 )
-from protocols.messages import Message, encode_message
+from protocols.messages import ErrorReply, Message, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ HTTP_RANGES_PER_PASS = 8
 #: Refused chunks tolerated per job, at least; beyond, the job fails.
 MIN_BAD_CHUNKS = 16
 _REMEMBERED_REFUSALS = 64
+#: Minimum seconds between the queries a hub refusal triggers.
+REFUSAL_QUERY_SECONDS = 5
+#: Refusal codes that mean "the job is not what you think": re-synchronise.
+_JOB_REFUSALS = frozenset({"unknown_job", "job_not_active", "not_entitled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,7 @@ class FirmwareComponent:
         self._offers = OfferFile(root, hook)
         self._sent: dict[str, int] = {}
         self._refused: list[str] = []
+        self._last_refusal_query = -REFUSAL_QUERY_SECONDS
         self._job: _Job | None = None
         self.refused_chunks: Counter[str] = Counter()
         hooks = Hooks(
@@ -235,15 +240,9 @@ class FirmwareComponent:
     def on_connected(self, *, now: int) -> list[Outgoing]:
         """Ask the hub for the current job, resend reports, resume the download."""
         self._now = now
-        state = self.installer.state
-        in_flight = state.target is not None and state.step not in SETTLED
-        query = FirmwareQuery(
-            installed_seq=self.installed_seq,
-            job_id=state.target.job_id if in_flight and state.target else None,
-        )
         if self._job is not None:
             self._job.window.restart()
-        out = [self._out(query)]
+        out = [self._query()]
         try:
             out.extend(self._progress(now, force_reports=True))
         except AgentError as exc:
@@ -258,6 +257,8 @@ class FirmwareComponent:
             FirmwareCancel: self._on_cancel,  # type: ignore[dict-item]
             FirmwareReportAck: self._on_ack,  # type: ignore[dict-item]
         }
+        if isinstance(message, ErrorReply):
+            return self._on_refusal(message, now)
         handler = handlers.get(type(message))
         if handler is None:
             return None
@@ -363,6 +364,32 @@ class FirmwareComponent:
         log.warning("firmware job %s cancelled by the hub: %s", cancel.job_id, cancel.reason)
         self._abandon(f"cancelled: {cancel.reason}")
         return self._reports(now)
+
+    def _on_refusal(self, refusal: ErrorReply, now: int) -> list[Outgoing] | None:
+        """The hub refused a chunk request: ask it what the job is now.
+
+        The refusal names only the topic, not the job, so an error about an
+        earlier job must not abandon the current one: the query makes the hub
+        (the source of truth) answer with the current offer or a cancel.
+        Queries after refusals are spaced at least :data:`REFUSAL_QUERY_SECONDS`.
+        """
+        if refusal.ref != self._up:
+            return None
+        too_soon = now - self._last_refusal_query < REFUSAL_QUERY_SECONDS
+        if refusal.code not in _JOB_REFUSALS or too_soon:
+            return []
+        self._last_refusal_query = now
+        log.warning("firmware: hub refused a chunk request (%s); asking for the job", refusal.code)
+        return [self._query()]
+
+    def _query(self) -> Outgoing:
+        state = self.installer.state
+        in_flight = state.target is not None and state.step not in SETTLED
+        query = FirmwareQuery(
+            installed_seq=self.installed_seq,
+            job_id=state.target.job_id if in_flight and state.target else None,
+        )
+        return self._out(query)
 
     def _on_ack(self, ack: FirmwareReportAck, now: int) -> list[Outgoing]:
         del now

@@ -18,7 +18,7 @@ from protocols.firmware_messages import (
     FirmwareReport,
     FirmwareReportAck,
 )
-from protocols.messages import Message
+from protocols.messages import ErrorReply, Message, decode_as
 from tests.device_agent.firmware.fakes import (
     CHUNK,
     CLASS,
@@ -526,3 +526,26 @@ def test_settings_ids_are_the_device_class(device):
 def test_job_helper_chunks_cover_the_image():
     job = Job("job-" + "0" * 24, NEW, b"e")
     assert b"".join(job.chunk(i) for i in range(CHUNKS)) == NEW
+
+
+def test_a_refused_chunk_request_makes_the_device_ask_the_hub_for_its_job(device, hub):
+    job = make_job(1)
+    hub.jobs.append(job)
+    hub.tamper = lambda m: [m] if not isinstance(m, FirmwareChunk) or m.index < 3 else []
+    device.connect()
+    component = device.component
+    assert component is not None
+    up = f"d/{DEV}/up/firmware"
+    refusal = ErrorReply(code="job_not_active", message="cancelled", ref=up)
+    [query] = component.on_message(refusal, now=device.now) or []
+    sent = decode_as(FirmwareQuery, query.payload)
+    # It names the job it works on, so the hub can answer with a cancel.
+    assert sent == FirmwareQuery(installed_seq=1, job_id=job.job_id)
+    assert component.step is Step.DOWNLOADING  # nothing abandoned on a topic-only refusal
+    # Spaced out: a burst of refusals costs one query.
+    assert component.on_message(refusal, now=device.now + 1) == []
+    # Other topics' refusals are not the component's; other codes change nothing.
+    foreign = ErrorReply(code="job_not_active", message="x", ref=f"d/{DEV}/up/usage")
+    assert component.on_message(foreign, now=device.now + 10) is None
+    odd = ErrorReply(code="chunk_out_of_range", message="x", ref=up)
+    assert component.on_message(odd, now=device.now + 10) == []
