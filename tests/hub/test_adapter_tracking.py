@@ -68,3 +68,32 @@ def test_publish_does_not_hold_the_tracking_lock_while_calling_paho():
     client.publish([Outbound("d/dev-a/down/manifest", b"x", track="dev-a")])
     assert held == [False]
     assert client._acknowledged == ["dev-a"]
+
+
+def test_the_adapter_window_alone_bounds_publishing(monkeypatch):
+    # paho's own in-flight limit is off (it scans every outstanding message on
+    # each PUBACK); the adapter's semaphore blocks the caller instead.
+    import threading
+
+    from hub.mqtt import adapter
+    from hub.mqtt.outbound import Outbound
+
+    monkeypatch.setattr(adapter, "INFLIGHT_WINDOW", 2)
+    client = _client([])
+    assert client._client._max_inflight_messages == adapter.PAHO_INFLIGHT_LIMIT == 0
+    mids = iter(range(1, 100))
+
+    class Info:
+        def __init__(self) -> None:
+            self.mid, self.rc = next(mids), 0
+
+    client._client.publish = lambda *_a, **_k: Info()  # type: ignore[method-assign]
+    messages = [Outbound(f"d/dev-{i}/down/manifest", b"x", track=f"dev-{i}") for i in range(3)]
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (client.publish(messages), done.set()), daemon=True)
+    worker.start()
+    assert not done.wait(0.3)  # two in flight, the third waits for a PUBACK
+    client._on_publish(None, None, 1, None, None)
+    assert done.wait(5)
+    worker.join(5)
+    assert client._acknowledged == ["dev-0"] and sorted(client._in_flight) == [2, 3]
