@@ -14,7 +14,7 @@ deterministic CBOR.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -247,13 +247,35 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
 )
 MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}
 
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One field's wire layout, computed once per message type."""
+
+    name: str
+    key: int
+    check: Callable[[Any], Any]
+    optional: bool
+
+
+def _layout(cls: type[Message]) -> tuple[_Field, ...]:
+    return tuple(
+        _Field(f.name, f.metadata["key"], f.metadata["check"], f.metadata["optional"])
+        for f in dataclasses.fields(cls)
+    )
+
+
+# dataclasses.fields() costs more than decoding a small message: read it once.
+_LAYOUTS: Mapping[type[Message], tuple[_Field, ...]] = {cls: _layout(cls) for cls in ALL_MESSAGES}
+
 M = TypeVar("M", bound=Message)
 
 
 def encode_message(message: Message) -> bytes:
     """Encode ``message`` as deterministic CBOR with its version and type."""
     body: dict[int, Any] = {KEY_VERSION: PROTOCOL_VERSION, KEY_TYPE: message.TYPE}
-    for f in dataclasses.fields(message):
+    layout = _LAYOUTS.get(type(message)) or _layout(type(message))
+    for f in layout:
         value = getattr(message, f.name)
         if value is None:
             continue
@@ -261,7 +283,7 @@ def encode_message(message: Message) -> bytes:
             value = [anchor.to_wire() for anchor in value]
         elif isinstance(value, tuple):
             value = list(value)
-        body[f.metadata["key"]] = value
+        body[f.key] = value
     return cbor.encode(body)
 
 
@@ -305,14 +327,14 @@ def decode_message(payload: bytes, *, max_size: int = cbor.DEFAULT_MAX_SIZE) -> 
 
 def _build(cls: type[Message], document: dict[Any, Any]) -> Message:
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        number = f.metadata["key"]
+    for f in _LAYOUTS[cls]:
+        number = f.key
         if number not in document:
-            if f.metadata["optional"]:
+            if f.optional:
                 continue
             raise MessageError(f"{cls.TYPE}: missing field {f.name} (key {number})")
         try:
-            values[f.name] = f.metadata["check"](document[number])
+            values[f.name] = f.check(document[number])
         except MessageError as exc:
             raise MessageError(f"{cls.TYPE}.{f.name} (key {number}): {exc}") from None
     return cls(**values)

@@ -99,6 +99,9 @@ def claim_response(client_id: str) -> str:
     return f"claim/{_claim(client_id)}/res"
 
 
+_UP_KINDS = frozenset(kind.value for kind in UpKind)
+_DOWN_KINDS = frozenset(kind.value for kind in DownKind)
+
 HUB_UP_FILTER = "d/+/up/#"
 HUB_CLAIM_FILTER = "claim/+/req"
 
@@ -125,7 +128,7 @@ def _parse_device(parts: list[str]) -> DeviceTopic:
         parsed_direction = Direction(direction)
     except ValueError:
         raise TopicError(f"bad direction {direction!r}") from None
-    valid_kinds = {k.value for k in (UpKind if parsed_direction is Direction.UP else DownKind)}
+    valid_kinds = _UP_KINDS if parsed_direction is Direction.UP else _DOWN_KINDS
     if kind not in valid_kinds:
         raise TopicError(f"unknown {direction} kind {kind!r}")
     return DeviceTopic(device_id=_device(device_id), direction=parsed_direction, kind=kind)
