@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.audit.service import record
@@ -145,8 +145,38 @@ class InboundRouter:
             claimed = presence.claimed_ids(session, (device_id for device_id, _ in items))
             accepted = [item for item in items if item[0] in claimed]
             if accepted:
-                out.outbound.extend(self._handlers[kind].handle(session, accepted, now))
+                out.outbound.extend(self._run_handler(session, kind, accepted, now))
         pending.clear()
+
+    def _run_handler(
+        self, session: Session, kind: str, items: list[tuple[str, Message]], now: datetime
+    ) -> list[Outbound]:
+        """One plugin call in a SAVEPOINT, so a defect in it cannot poison the batch.
+
+        A handler must not raise for bad input; if it does anyway, its writes
+        are rolled back, its senders get ``internal_error`` (they retry or
+        isolate per their own policy) and the rest of the batch commits.
+        Database outages (``OperationalError``, ``InterfaceError``) still fail
+        the batch, which the adapter then retries whole.
+        """
+        try:
+            with session.begin_nested():
+                return self._handlers[kind].handle(session, items, now)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:
+            log.exception(
+                "the %r handler failed on %d message(s); answered internal_error", kind, len(items)
+            )
+            return [
+                _error(
+                    topics.device_down(device_id, topics.DownKind.ERROR),
+                    "internal_error",
+                    "the hub could not process this message; retry later",
+                    topics.device_up(device_id, topics.UpKind(kind)),
+                )
+                for device_id in dict.fromkeys(device_id for device_id, _ in items)
+            ]
 
     def _prepare(self, inbound: Inbound, out: BatchResult) -> _Prepared | None:
         """Route and decode ``inbound`` (no database); ``None`` when it was dropped or refused."""

@@ -26,6 +26,11 @@ from hub.telemetry.models import MICRO, UsagePeriodTotal
 from hub.telemetry.records import micro_of
 from hub.telemetry.store import Writer, chunks
 
+# Period totals saturate here (micro-units; 4.6e12 units): SQLite stores them as
+# 64-bit integers, and a few records at the 10^12 maximum would overflow it and
+# fail every batch they travel in. Any cap below the ceiling is still detected.
+TOTAL_CEILING = 2**62
+
 DAY = 86_400
 TotalKey = tuple[str, str, str, int]
 """``(device_id, meter, period, period_start)`` with the start in Unix seconds."""
@@ -80,9 +85,10 @@ class CapTracker:
 
     def add(self, tenant_id: str, key: TotalKey, micro: int, cap: int | None) -> bool:
         """Count ``micro`` units in its period; returns whether the total went past ``cap``."""
-        total = self._totals.get(key, 0) + micro
+        before = self._totals.get(key, 0)
+        total = min(before + micro, TOTAL_CEILING)
         self._totals[key] = total
-        self._increments[key] = self._increments.get(key, 0) + micro
+        self._increments[key] = self._increments.get(key, 0) + (total - before)
         self._tenants[key] = tenant_id
         return cap is not None and total > cap * MICRO
 

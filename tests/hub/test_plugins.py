@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.inbound import InboundRouter
@@ -105,3 +106,49 @@ def test_plugin_modules_must_declare_a_hub_plugin() -> None:
 
 
 PLUGIN = "not a plugin: load_plugins must refuse this module"
+
+
+@dataclass
+class BrokenHandler:
+    kind: str
+    error: Exception
+
+    def handle(
+        self, session: Session, items: Sequence[tuple[str, Message]], now: datetime
+    ) -> list[Outbound]:
+        device = session.get_one(Device, items[0][0])
+        device.online = True  # a write the failure must roll back
+        session.flush()
+        raise self.error
+
+
+def test_a_failing_handler_cannot_poison_the_batch(
+    fleet: Fleet, session_factory: sessionmaker[Session], clock: Clock
+) -> None:
+    device_id, _ = fleet.claimed_device("PL-4")
+    other, _ = fleet.claimed_device("PL-5")
+    handler = BrokenHandler(kind=topics.UpKind.USAGE.value, error=OverflowError("too big"))
+    hello = encode_message(Hello(agent_version="x", manifest_seq=0, boot_epoch=1))
+    result = make_router(session_factory, clock, handler).handle_batch(  # type: ignore[arg-type]
+        [usage(device_id, 1), Inbound(topics.device_up(other, topics.UpKind.HELLO), hello)]
+    )
+    replies = [(o.topic, decode_message(o.payload)) for o in result.outbound]
+    errors = [m for t, m in replies if t == topics.device_down(device_id, topics.DownKind.ERROR)]
+    assert [(e.code, e.ref) for e in errors] == [  # type: ignore[attr-defined]
+        ("internal_error", topics.device_up(device_id, topics.UpKind.USAGE))
+    ]
+    with session_factory() as s:
+        assert s.get_one(Device, device_id).online is False  # the handler's write rolled back
+        assert s.get_one(Device, other).online is True  # the rest of the batch committed
+
+
+def test_a_database_outage_in_a_handler_still_fails_the_batch(
+    fleet: Fleet, session_factory: sessionmaker[Session], clock: Clock
+) -> None:
+    device_id, _ = fleet.claimed_device("PL-6")
+    outage = OperationalError("INSERT", {}, Exception("database is locked"))
+    handler = BrokenHandler(kind=topics.UpKind.USAGE.value, error=outage)
+    with pytest.raises(OperationalError):
+        make_router(session_factory, clock, handler).handle_batch(  # type: ignore[arg-type]
+            [usage(device_id, 1)]
+        )

@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.entitlements import service as ent_service
 from hub.entitlements.schemas import FeatureCreate
+from hub.telemetry.caps import TOTAL_CEILING
 from hub.telemetry.ingest import UsageHandler
 from hub.telemetry.models import (
+    MICRO,
     UsageConflict,
     UsageGap,
     UsagePeriodTotal,
@@ -487,3 +489,17 @@ def test_a_week_offline_replays_50000_records_exactly_once(
     assert count(usage.factory, UsageRecord, device_id=device) == n
     assert usage.total(device) == truth
     assert _gaps(usage, device) == []
+
+
+def test_period_totals_saturate_instead_of_overflowing(usage: UsageShop) -> None:
+    """Records at the 10^12 maximum must not overflow the stored period total (a
+    64-bit integer on SQLite) and fail every batch they travel in."""
+    device = usage.devices[0]
+    huge = [rec(seq, 10**12, meter="storage") for seq in range(1, 11)]
+    assert usage.send(device, huge) == ["stored"] * 10
+    assert usage.send(device, [rec(11, 10**12, meter="storage")]) == ["stored"]
+    with usage.factory() as s:
+        totals = s.scalars(
+            select(UsagePeriodTotal.quantity).where(UsagePeriodTotal.device_id == device)
+        ).all()
+    assert totals and all(t <= Decimal(TOTAL_CEILING) / MICRO for t in totals)
