@@ -345,7 +345,12 @@ class _Run:
             if now != last:
                 last, quiet_since = now, time.monotonic()
             if online == len(self.devices) and time.monotonic() - quiet_since >= 5.0:
-                if await self._converged():
+                left = max(1.0, limit - (time.monotonic() - started))
+                try:
+                    converged = await asyncio.wait_for(self._converged(), left)
+                except TimeoutError:
+                    break
+                if converged:
                     self.stats.converged_in_settle = True
                     break
                 quiet_since = time.monotonic()

@@ -18,6 +18,7 @@ from simulator.recorder import UsageKey
 
 log = logging.getLogger(__name__)
 
+CHUNK = 200
 WINDOW_START = "2000-01-01T00:00:00Z"
 WINDOW_END = "2100-01-01T00:00:00Z"
 
@@ -31,7 +32,10 @@ async def fetch(api: HubApi, device_ids: Iterable[str]) -> HubState:
         return HubState(devices={}, alive=False)
     wanted = set(device_ids)
     rows = [d for d in listed if d["id"] in wanted]
-    seqs = await api.gather(_manifest_seq(api, d["id"]) for d in rows)
+    seqs: list[int | None] = []
+    for start in range(0, len(rows), CHUNK):  # bounded: a few hundred requests in flight
+        chunk = rows[start : start + CHUNK]
+        seqs.extend(await api.gather(_manifest_seq(api, d["id"]) for d in chunk))
     devices = {
         d["id"]: HubDevice(
             device_id=d["id"],
