@@ -124,13 +124,25 @@ def _public_host(url: str) -> str | None:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # bad IDNA labels raise UnicodeError
         return f"cannot resolve {host}: {exc}"
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:
             return f"{host} resolves to a non-public address ({address})"
     return None
+
+
+def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
+    """:func:`_send`, with any defect turned into a failed attempt for this job alone.
+
+    One endpoint must never stop the deliveries of the others (or of other tenants).
+    """
+    try:
+        return _send(client, job, now, allow_private)
+    except Exception as exc:
+        log.exception("webhook delivery %s failed unexpectedly", job.delivery_id)
+        return Outcome(job.delivery_id, False, None, f"internal error: {type(exc).__name__}")
 
 
 def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
@@ -198,10 +210,12 @@ def deliver_due(
     if not jobs:
         return []
     owned = client is None
-    http = client or httpx.Client(timeout=settings.delivery_timeout_seconds, follow_redirects=False)
+    http = client or httpx.Client(
+        timeout=settings.delivery_timeout_seconds, follow_redirects=False, trust_env=False
+    )
     try:
         allowed = settings.webhook_allow_private
-        outcomes = [_send(http, job, now, allowed) for job in jobs]
+        outcomes = [_send_safely(http, job, now, allowed) for job in jobs]
     finally:
         if owned:
             http.close()

@@ -44,6 +44,10 @@ def _check_url(url: str) -> str:
         raise ValidationFailed("webhook url must not carry credentials")
     if parts.fragment:
         raise ValidationFailed("webhook url must not carry a fragment")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ValidationFailed("webhook url host is not a valid domain name") from None
     return url
 
 

@@ -96,8 +96,11 @@ def _form_input(fields: dict[str, str]) -> PackageInput:
     )
 
 
-async def upload_form(request: Request) -> AsyncIterator[UploadForm]:
+async def upload_form(request: Request, caller: OperatorDep) -> AsyncIterator[UploadForm]:
     """Parse the multipart upload, refusing bodies over the cap while they stream in.
+
+    Depends on the caller's role, so an unauthenticated or under-privileged
+    request is refused before a byte of its body is read.
 
     Raises:
         ValidationFailed: not multipart, malformed, a missing field or file.
@@ -136,9 +139,9 @@ UploadFormDep = Annotated[UploadForm, Depends(upload_form)]
 
 @router.post("/firmware/packages", status_code=status.HTTP_201_CREATED, openapi_extra=_UPLOAD_DOC)
 def upload_package(
+    caller: OperatorDep,
     form: UploadFormDep,
     session: SessionDep,
-    caller: OperatorDep,
     now: NowDep,
     uploader: UploaderDep,
 ) -> PackagePublic:

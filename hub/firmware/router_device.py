@@ -40,7 +40,9 @@ from protocols.firmware_messages import is_job_id
 
 router = APIRouter(prefix="/device/firmware", tags=["device firmware"])
 _basic = HTTPBasic(auto_error=False, realm="hub-device")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# At most 19 digits: int() of thousands of digits raises (and is slow); no
+# payload is anywhere near 10^19 bytes.
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 INLINE_LIMIT = 4 * 1024 * 1024
 """Ranges up to this size are read before answering; larger ones are streamed."""
 

@@ -201,7 +201,10 @@ class _Ingest:
         stored = [e for e in entries if e.code == "stored"]
         tracker = self._cover(stored)
         writer = Writer(self.session)
-        self._write_records(writer, stored)
+        if self._write_records(writer, stored):
+            # Another worker stored some keys first: count only what we stored,
+            # or its quantities would be in the period totals twice.
+            tracker = self._cover([e for e in stored if e.code == "stored"])
         self._write_others(writer, entries)
         tracker.save(writer)
         return self.book.save(self.session, writer, self.now)
@@ -272,12 +275,15 @@ class _Ingest:
             )
         return tracker
 
-    def _write_records(self, writer: Writer, stored: list[Entry]) -> None:
+    def _write_records(self, writer: Writer, stored: list[Entry]) -> bool:
+        """Insert the new records; returns whether another writer won some keys."""
         received = writer.moment(self.now)
         rows = [_record_row(writer, e, received) for e in stored]
         inserted = writer.insert("usage_records", _RECORD_COLUMNS, rows, conflict=_KEY)
-        if inserted != len(rows):
-            self._lost_race(stored)
+        if inserted == len(rows):
+            return False
+        self._lost_race(stored)
+        return True
 
     def _lost_race(self, stored: list[Entry]) -> None:
         """Another writer stored some keys first: answer those as a replay would be."""

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from hub.audit.models import AuditEvent
-from hub.billing import notify
+from hub.billing import delivery, notify
 from hub.billing.delivery import Outcome, deliver_due
 from hub.billing.models import WebhookDelivery, WebhookEndpoint
 from hub.billing.secret_box import SecretBox
@@ -275,3 +275,31 @@ def test_entitlement_expiring_fires_once_within_the_lead(biller: Biller) -> None
     [event] = biller.ok(biller.get("/events", type="entitlement.expiring"))["items"]
     assert event["payload"]["entitlement_id"] == biller.entitlement_id
     assert event["payload"]["seconds_left"] == 7 * 86_400
+
+
+def test_a_host_that_is_not_a_domain_name_is_refused(biller: Biller) -> None:
+    long_label = "https://" + "a" * 64 + ".example.com/h"
+    for url in (long_label, "http://a..b/h"):
+        response = biller.post("/webhooks", {"url": url, "event_types": EVENTS})
+        assert response.status_code == 422, url
+
+
+def test_one_broken_endpoint_does_not_stop_the_others(
+    biller: Biller, app: FastAPI, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(biller, receiver.url)
+    register(biller, receiver.url + "?second")
+    close = finalized_invoice(biller)
+    real_send = delivery._send
+
+    def send(client, job, now, allow_private):  # type: ignore[no-untyped-def]
+        if "second" in job.url:
+            raise UnicodeError("label too long")  # what getaddrinfo raises for bad IDNA
+        return real_send(client, job, now, allow_private)
+
+    monkeypatch.setattr(delivery, "_send", send)
+    outcomes = deliver(biller, app, close)
+    assert sorted(o.ok for o in outcomes) == [False, True]
+    assert len(receiver.requests) == 1
+    broken = [o for o in outcomes if not o.ok]
+    assert broken[0].error == "internal error: UnicodeError"

@@ -269,3 +269,16 @@ def test_other_tenants_class_cannot_be_confused(world: World, session_factory: A
     other = make_tenant(session_factory, world.clock.now)
     assert other.tenant_id != world.tenant.tenant_id
     assert world.package("1.0.0")["sequence"] == 1
+
+
+def test_the_caller_is_checked_before_the_upload_body_is_read(world: World) -> None:
+    # A body that is not even multipart: had it been parsed first, the answer would be 422.
+    junk = {"content": b"x" * 4096, "headers": {"Content-Type": "application/octet-stream"}}
+    anonymous = world.client.post(API + "/firmware/packages", **junk)  # type: ignore[arg-type]
+    assert anonymous.status_code == 401
+    viewer = world.client.post(
+        API + "/firmware/packages",
+        content=junk["content"],
+        headers={**junk["headers"], **world.headers("viewer")},  # type: ignore[dict-item]
+    )
+    assert viewer.status_code == 403

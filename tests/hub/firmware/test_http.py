@@ -139,3 +139,8 @@ def test_offers_only_reach_entitled_devices_over_http_too(world: World) -> None:
     offers = of_type(world.tick(), FirmwareOffer)
     assert len(offers) == 1 and offers[0].http_path
     assert _get(world, offers[0].http_path, outsider).status_code == 404
+
+
+def test_absurdly_long_range_numbers_are_unsatisfiable_not_a_crash() -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=" + "9" * 5000 + "-", 100)

@@ -13,9 +13,10 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from hub.telemetry.ingest import UsageHandler
-from hub.telemetry.models import UsageConflict, UsageRecord
+from hub.telemetry.models import UsageConflict, UsagePeriodTotal, UsageRecord
 from protocols.messages import decode_message
 from protocols.usage_messages import UsageBatch
 from tests.hub.analytics.conftest import T0
@@ -58,3 +59,9 @@ def test_a_key_raced_by_two_workers_is_stored_once(usage: UsageShop, code: str) 
     assert usage.records(device)[-1].quantity == 2  # the first stays
     conflicts = count(usage.factory, UsageConflict, device_id=device, seq=seq)
     assert conflicts == (1 if code == "conflict" else 0)
+    # The loser's quantity is not in the period totals a second time.
+    with usage.factory() as s:
+        totals = s.scalars(
+            select(UsagePeriodTotal.quantity).where(UsagePeriodTotal.device_id == device)
+        ).all()
+    assert totals == [2]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.inbound import InboundRouter
 from hub.mqtt.outbound import Inbound
 from hub.plugins import BatchHandler, load_plugins
+from hub.settings import Settings
 from hub.telemetry.ingest import UsageHandler
 from protocols import cbor, topics
 from protocols.messages import ErrorReply, decode_message, encode_message
@@ -26,7 +29,8 @@ def telemetry_handlers() -> list[BatchHandler]:
     (plugin,) = [p for p in load_plugins() if p.name == "telemetry"]
     assert plugin.inbound is not None and plugin.models_module == "hub.telemetry.models"
     assert {r.prefix for r in plugin.routers} == {"/usage", "/meters"}
-    context: Any = None  # the usage handler needs nothing from the context
+    # The usage handler reads only the settings (its skew window) from the context.
+    context: Any = SimpleNamespace(settings=Settings())
     return list(plugin.inbound(context))
 
 
@@ -125,12 +129,13 @@ def test_a_database_failure_fails_the_batch_and_nothing_is_answered(usage: Usage
     class Broken(UsageHandler):
         def handle(self, session: Session, items: Any, now: Any) -> Any:
             replies = super().handle(session, items, now)
-            raise RuntimeError(f"disk full after {len(replies)} replies")
+            cause = Exception(f"database or disk is full after {len(replies)} replies")
+            raise OperationalError("INSERT", {}, cause)
 
     router = make_router(usage.factory, [Broken()])
     device = usage.devices[0]
     payload = encode_message(UsageBatch(records=(rec(1, 5),)))
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OperationalError, match="disk is full"):
         router.handle_batch([usage_up(device, payload)])
     assert usage.total(device) == 0  # rolled back: the device replays, nothing was acked
     retry = make_router(usage.factory, telemetry_handlers())
