@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.errors import HubError, PermissionDenied, Unauthenticated
@@ -209,3 +210,17 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map HubError (and request validation errors) to ``{"error", "message"}``."""
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_busy)
+
+
+async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    """A database outage or lock timeout (SQLite under write load): 503, retry.
+
+    Only the driver's own message is logged: the statement's parameters could
+    carry credential hashes.
+    """
+    assert isinstance(exc, OperationalError)
+    reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "unavailable"
+    log.warning("%s %s -> 503 database_busy: %s", request.method, request.url.path, reason)
+    body = error_body("database_busy", "the database is busy or unavailable; retry shortly")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
