@@ -24,6 +24,8 @@ from simulator.environment import Environment
 from simulator.fleet import RunOptions, run
 from simulator.processes import ProcessError
 
+log = logging.getLogger(__name__)
+
 app = typer.Typer(
     help="Fleet simulator: many real agents against a hub, with faults.",
     add_completion=False,
@@ -112,6 +114,10 @@ def run_command(  # noqa: PLR0917 - typer options are parameters
             outcome = asyncio.run(run(chosen, options))
         except (ProcessError, OSError) as exc:
             console.print(f"[red]fleet-sim: could not run: {exc}[/]")
+            raise typer.Exit(2) from None
+        except Exception as exc:  # a defect or an environment failure: say which, exit 2
+            log.exception("fleet-sim: the run failed")
+            console.print(f"[red]fleet-sim: the run failed: {type(exc).__name__}: {exc}[/]")
             raise typer.Exit(2) from None
     data = reports.to_json(outcome)
     if remote is not None:
