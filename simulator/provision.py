@@ -149,14 +149,23 @@ async def sell(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
 
 
 async def activate(api: HubApi, fleet: Fleet, group: str) -> None:
-    """Activate the group's entitlement on each of its devices."""
+    """Activate the group's entitlement on each of its devices.
+
+    A request retried across a hub restart may find its first attempt applied:
+    ``409 already_activated`` then means done.
+    """
     entitlement = fleet.entitlements[group]
     await api.gather(
-        api.post(
-            f"/entitlements/{entitlement}/activations", {"device_id": fleet.device_ids[serial]}
-        )
-        for serial in fleet.groups[group]
+        _activate_once(api, entitlement, fleet.device_ids[serial]) for serial in fleet.groups[group]
     )
+
+
+async def _activate_once(api: HubApi, entitlement: str, device_id: str) -> None:
+    try:
+        await api.post(f"/entitlements/{entitlement}/activations", {"device_id": device_id})
+    except HubApiError as exc:
+        if exc.status != 409 or "already_activated" not in str(exc):
+            raise
 
 
 async def change_limit(api: HubApi, fleet: Fleet) -> int:
