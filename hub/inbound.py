@@ -11,6 +11,15 @@ while the rest of the batch commits. Manifest acks, the bulk of the traffic
 after a fan-out, are validated before their only write and applied together:
 one query for their senders, one for their manifest rows, no SAVEPOINT.
 Replies are returned, and published by the adapter only after the commit.
+
+A plugin handler may hold work over for its next call (the firmware handler
+does, for chunk requests over its per-call byte budget): it says so through a
+``backlog`` count (:class:`HoldsBacklog`). It serves that work first whenever
+a batch brings it messages; :attr:`InboundRouter.has_backlog` tells the adapter
+of the device topics to call :meth:`InboundRouter.serve_backlog` after each
+batch it handles, or at once when no message is waiting. (A batch from the
+claim broker's client never serves it: its replies would go to the wrong
+broker.)
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +74,20 @@ class _Prepared:
         return self.parsed.device_id
 
 
+@runtime_checkable
+class HoldsBacklog(Protocol):
+    """A batch handler that may keep work for its next call."""
+
+    @property
+    def backlog(self) -> int:
+        """Items held over for the next call (0: none)."""
+        ...
+
+
+def _backlog(handler: object) -> int:
+    return handler.backlog if isinstance(handler, HoldsBacklog) else 0
+
+
 @dataclass
 class BatchResult:
     """What one batch produced: replies, and whether credentials changed."""
@@ -91,6 +115,11 @@ class InboundRouter:
         self._manifest_policy = manifest_policy
         self._clock = clock
         self._max_payload = max_payload_bytes
+
+    @property
+    def has_backlog(self) -> bool:
+        """Whether a handler holds work over (:meth:`serve_backlog` should run soon)."""
+        return any(_backlog(handler) for handler in self._handlers.values())
 
     def handle_batch(self, batch: Sequence[Inbound]) -> BatchResult:
         """Process ``batch`` in one transaction; returns what to publish after commit.
@@ -123,6 +152,20 @@ class InboundRouter:
                 self._handle_one(session, prepared, now, result)
             self._apply_acks(session, acks, now)
             self._apply_pending(session, pending, now, result)
+            session.commit()
+        return result
+
+    def serve_backlog(self) -> BatchResult:
+        """Call every handler that holds work over, with no new messages, in one transaction.
+
+        Returns what to publish after the commit, as :meth:`handle_batch` does.
+        """
+        now = self._clock()
+        result = BatchResult(outbound=[])
+        with self._session_factory() as session:
+            for kind, handler in self._handlers.items():
+                if _backlog(handler):
+                    result.outbound.extend(self._run_handler(session, kind, [], now))
             session.commit()
         return result
 

@@ -32,8 +32,9 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
 from hub.entitlements.models import Activation, Entitlement, Feature, SeatLease
@@ -88,15 +89,47 @@ def _stamp(value: datetime | None) -> float:
     return _NEVER if value is None else value.timestamp()
 
 
+# The statements run for every MQTT batch of usage are built once, with an
+# expanding IN parameter: building and keying a select each time cost about
+# as much as executing it (measured: 147 against 91 µs for a 20-id lookup).
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_METERED_KEYS = (
+    select(Feature.tenant_id, Feature.key)
+    .where(Feature.tenant_id.in_(_IDS), Feature.kind == "metered")
+    .distinct()
+)
+_ACTIVATIONS = (
+    select(
+        Activation.device_id,
+        Activation.entitlement_id,
+        Activation.activated_at,
+        Activation.deactivated_at,
+        Activation.temporary_until,
+    )
+    .join(Entitlement, Activation.entitlement_id == Entitlement.id)
+    .where(Activation.device_id.in_(_IDS), Entitlement.status.in_(_COVERING_STATUSES))
+)
+_GRANTS = select(
+    Entitlement.id,
+    Entitlement.account_id,
+    Entitlement.product_id,
+    Entitlement.license_model,
+    Entitlement.starts_at,
+    Entitlement.ends_at,
+    Entitlement.grace_seconds,
+    Entitlement.feature_overrides,
+    Entitlement.created_at,
+).where(Entitlement.id.in_(_IDS), Entitlement.status.in_(_COVERING_STATUSES))
+_FEATURES = select(Feature.product_id, Feature.key, Feature.cap_per_period, Feature.period).where(
+    Feature.product_id.in_(_IDS), Feature.kind == "metered"
+)
+
+
 def metered_keys(session: Session, tenant_ids: Collection[str]) -> dict[str, frozenset[str]]:
     """Every tenant's metered feature keys (any product): the meters it may receive."""
     found: dict[str, set[str]] = defaultdict(set)
     for chunk in chunks(sorted(tenant_ids)):
-        rows = session.execute(
-            select(Feature.tenant_id, Feature.key)
-            .where(Feature.tenant_id.in_(chunk), Feature.kind == "metered")
-            .distinct()
-        )
+        rows = session.execute(_METERED_KEYS, {"ids": list(chunk)})
         for tenant_id, key in rows:
             found[tenant_id].add(key)
     return {tenant_id: frozenset(found.get(tenant_id, ())) for tenant_id in tenant_ids}
@@ -112,37 +145,34 @@ class Coverages:
 
     @classmethod
     def load(cls, session: Session, device_ids: Iterable[str]) -> Coverages:
-        """Snapshot the activations, metered features and seats of ``device_ids``."""
+        """Snapshot the activations, metered features and seats of ``device_ids``.
+
+        Plain column rows, not ORM entities: this runs for every MQTT batch of
+        usage, and building and tracking an ``Activation`` and ``Entitlement``
+        object per device cost more than the rest of the load (measured).
+        """
         ids = sorted(set(device_ids))
-        rows: list[tuple[str, Activation, Entitlement]] = []
-        for chunk in chunks(ids):
-            rows.extend(
-                (device_id, activation, ent)
-                for device_id, activation, ent in session.execute(
-                    select(Activation.device_id, Activation, Entitlement)
-                    .join(Entitlement, Activation.entitlement_id == Entitlement.id)
-                    .where(
-                        Activation.device_id.in_(chunk),
-                        Entitlement.status.in_(_COVERING_STATUSES),
-                    )
-                )
-            )
-        features = _metered_features(session, {ent.product_id for _, _, ent in rows})
-        floating = {ent.id for _, _, ent in rows if ent.license_model == "floating"}
+        activations = _activations(session, ids)
+        grants = _grants(session, {row.entitlement_id for row in activations})
+        features = _metered_features(session, {grant.product_id for grant in grants.values()})
+        floating = {g.id for g in grants.values() if g.license_model == "floating"}
         seats = _seats(session, ids, floating)
         coverages = cls()
-        for device_id, activation, ent in rows:
-            for key, (cap, period) in features.get(ent.product_id, {}).items():
+        for activation in activations:
+            grant = grants.get(activation.entitlement_id)
+            if grant is None:
+                continue  # its status changed between the two reads: covers nothing
+            for key, (cap, period) in features.get(grant.product_id, {}).items():
                 term = _term(
                     activation,
-                    ent,
+                    grant,
                     key=key,
                     cap=cap,
                     period=period,
-                    seats=seats.get((device_id, ent.id)),
+                    seats=seats.get((activation.device_id, grant.id)),
                 )
                 if term is not None:
-                    coverages.terms.setdefault((device_id, key), []).append(term)
+                    coverages.terms.setdefault((activation.device_id, key), []).append(term)
         for terms in coverages.terms.values():
             terms.sort(key=lambda term: term.order)
         return coverages
@@ -183,16 +213,52 @@ def _combine(covering: list[_Term]) -> Coverage | None:
     )
 
 
+class _Activation(NamedTuple):
+    device_id: str
+    entitlement_id: str
+    activated_at: datetime
+    deactivated_at: datetime | None
+    temporary_until: datetime | None
+
+
+class _Grant(NamedTuple):
+    """The columns of an entitlement that coverage needs."""
+
+    id: str
+    account_id: str
+    product_id: str
+    license_model: str
+    starts_at: datetime
+    ends_at: datetime | None
+    grace_seconds: int
+    feature_overrides: dict[str, Any] | None
+    created_at: datetime
+
+
+def _activations(session: Session, device_ids: list[str]) -> list[_Activation]:
+    """The activations of ``device_ids`` whose entitlement may cover usage."""
+    found: list[_Activation] = []
+    for chunk in chunks(device_ids):
+        rows = session.execute(_ACTIVATIONS, {"ids": list(chunk)})
+        found.extend(_Activation(*row) for row in rows)
+    return found
+
+
+def _grants(session: Session, entitlement_ids: Collection[str]) -> dict[str, _Grant]:
+    """The covering entitlements of ``entitlement_ids``: one row each, however many devices."""
+    found: dict[str, _Grant] = {}
+    for chunk in chunks(sorted(entitlement_ids)):
+        rows = session.execute(_GRANTS, {"ids": list(chunk)})
+        found.update((row[0], _Grant(*row)) for row in rows)
+    return found
+
+
 def _metered_features(
     session: Session, product_ids: Collection[str]
 ) -> dict[str, dict[str, tuple[int | None, str | None]]]:
     found: dict[str, dict[str, tuple[int | None, str | None]]] = defaultdict(dict)
     for chunk in chunks(sorted(product_ids)):
-        rows = session.execute(
-            select(Feature.product_id, Feature.key, Feature.cap_per_period, Feature.period).where(
-                Feature.product_id.in_(chunk), Feature.kind == "metered"
-            )
-        )
+        rows = session.execute(_FEATURES, {"ids": list(chunk)})
         for product_id, key, cap, period in rows:
             found[product_id][key] = (cap, period)
     return found
@@ -222,8 +288,8 @@ def _seats(
 
 
 def _term(
-    activation: Activation,
-    ent: Entitlement,
+    activation: _Activation,
+    ent: _Grant,
     *,
     key: str,
     cap: int | None,

@@ -25,10 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.telemetry.models import UsageGap, UsageSequence
-from hub.telemetry.store import Writer, chunks
+from hub.telemetry.store import IN_CHUNK, Writer, chunks
 
 Pair = tuple[str, int]
 """``(device_id, boot_epoch)``."""
+_MAX_EPOCHS = 100  # distinct epochs named in one marks query (bound variables)
 
 
 def holes(high: int, seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -65,13 +66,21 @@ class SequenceBook:
         self._tenants: dict[Pair, str] = {}
 
     def load(self, session: Session, pairs: Iterable[Pair]) -> None:
-        """Read the marks of ``pairs`` (one query per chunk of devices)."""
+        """Read the marks of ``pairs`` (one query per chunk of devices).
+
+        Only the batch's epochs are read: a device keeps a mark per boot epoch
+        it ever used (one more per restart), and reading all of them made this
+        grow with the device's age.
+        """
         wanted = set(pairs)
-        for chunk in chunks(sorted({device for device, _ in wanted})):
-            rows = session.execute(
-                select(UsageSequence.device_id, UsageSequence.boot_epoch, UsageSequence.high_seq)
-                .where(UsageSequence.device_id.in_(chunk))
-            )  # fmt: skip
+        epochs = sorted({epoch for _, epoch in wanted})
+        for chunk in chunks(sorted({device for device, _ in wanted}), IN_CHUNK - _MAX_EPOCHS):
+            query = select(
+                UsageSequence.device_id, UsageSequence.boot_epoch, UsageSequence.high_seq
+            ).where(UsageSequence.device_id.in_(chunk))
+            if len(epochs) <= _MAX_EPOCHS:  # else a rare mixed batch: filtered below
+                query = query.where(UsageSequence.boot_epoch.in_(epochs))
+            rows = session.execute(query)
             for device_id, epoch, high in rows:
                 if (device_id, epoch) in wanted:
                     self.high[(device_id, epoch)] = high

@@ -16,8 +16,9 @@ device ids from the topics) and, inside the batch's transaction:
 4. resolves each stored record's entitlement and cap (:mod:`.coverage`,
    :mod:`.caps`), then writes each table with one ``executemany``
    (:mod:`.store`) and maintains the gaps (:mod:`.gaps`);
-5. returns one ``usage_ack`` per message listing every record's code; the
-   adapter publishes it only after the commit.
+5. returns one ``usage_ack`` per device listing every record's code of all
+   that device's messages in the call (split at ``MAX_RECORDS`` results);
+   the adapter publishes them only after the commit.
 
 Nothing here raises for bad input: a message of another type on the usage
 topic gets an ``error`` reply, a bad record its ``rejected`` code. A
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from hub.mqtt.outbound import Outbound
@@ -46,11 +48,11 @@ from hub.telemetry.coverage import Coverage, Coverages, metered_keys
 from hub.telemetry.gaps import SequenceBook
 from hub.telemetry.models import UsageConflict, UsageQuarantine, UsageRecord
 from hub.telemetry.policy import DEFAULT_POLICY, UsagePolicy
-from hub.telemetry.records import Content, Parsed, Refused, check_record, micro_of
+from hub.telemetry.records import Content, Parsed, Refused, check_records, micro_of
 from hub.telemetry.store import Writer, chunks
 from protocols import topics
 from protocols.messages import ErrorReply, Message, encode_message
-from protocols.usage_messages import UsageBatch
+from protocols.usage_messages import MAX_RECORDS, UsageBatch
 
 log = logging.getLogger(__name__)
 
@@ -116,24 +118,32 @@ class UsageHandler:
             if not isinstance(message, UsageBatch):
                 replies.append(_wrong_type(device_id, message))
                 continue
-            messages.append([Entry(device_id, tenant_id, check_record(r)) for r in message.records])
+            messages.append(
+                [Entry(device_id, tenant_id, r) for r in check_records(message.records)]
+            )
         entries = [entry for message_entries in messages for entry in message_entries]
         result = IngestResult(messages=len(messages))
         if entries:
             result.gaps_opened = _Ingest(session, now, self.policy).run(entries)
         for message_entries in messages:
             result.codes.update(entry.code for entry in message_entries)
-            replies.append(_ack(message_entries))
+        replies.extend(_acks(messages))
         self.last = result
         if messages:
             _log(result, entries)
         return replies
 
 
+# Built once (run for every MQTT batch of usage; see coverage.py).
+_TENANTS = select(Device.id, Device.tenant_id).where(
+    Device.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def _tenants(session: Session, device_ids: set[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for chunk in chunks(sorted(device_ids)):
-        rows = session.execute(select(Device.id, Device.tenant_id).where(Device.id.in_(chunk)))
+        rows = session.execute(_TENANTS, {"ids": list(chunk)})
         found.update((device_id, tenant_id) for device_id, tenant_id in rows)
     return found
 
@@ -154,9 +164,23 @@ def _ack_topic(device_id: str) -> str:
     return topics.device_down(device_id, topics.DownKind.USAGE_ACK)
 
 
-def _ack(entries: list[Entry]) -> Outbound:
-    payload = encode_ack([(e.record.boot_epoch, e.record.seq, e.code) for e in entries])
-    return Outbound(_ack_topic(entries[0].device_id), payload)
+def _acks(messages: list[list[Entry]]) -> list[Outbound]:
+    """One ``usage_ack`` per device (in order of first message), split at MAX_RECORDS results.
+
+    Coalesced rather than one per message: with small batches the hub's QoS 1
+    publish, and its PUBACK, per message cost as much as storing the record.
+    A device deletes each answered key on its own and completes every batch
+    whose keys are all answered, so one ack serves all its batches.
+    """
+    results: dict[str, list[tuple[int, int, str]]] = {}
+    for entries in messages:
+        device_results = results.setdefault(entries[0].device_id, [])
+        device_results.extend((e.record.boot_epoch, e.record.seq, e.code) for e in entries)
+    return [
+        Outbound(_ack_topic(device_id), encode_ack(part))
+        for device_id, device_results in results.items()
+        for part in chunks(device_results, MAX_RECORDS)
+    ]
 
 
 def _log(result: IngestResult, entries: list[Entry]) -> None:
@@ -168,6 +192,8 @@ def _log(result: IngestResult, entries: list[Entry]) -> None:
         codes,
         result.gaps_opened,
     )
+    if not (result.codes["conflict"] or result.codes["rejected"]):
+        return  # the usual case: no need to walk every entry again
     odd = Counter(
         (e.device_id, e.code, e.reason) for e in entries if e.code in ("conflict", "rejected")
     )
@@ -277,8 +303,7 @@ class _Ingest:
 
     def _write_records(self, writer: Writer, stored: list[Entry]) -> bool:
         """Insert the new records; returns whether another writer won some keys."""
-        received = writer.moment(self.now)
-        rows = [_record_row(writer, e, received) for e in stored]
+        rows = _record_rows(writer, stored, writer.moment(self.now))
         inserted = writer.insert("usage_records", _RECORD_COLUMNS, rows, conflict=_KEY)
         if inserted == len(rows):
             return False
@@ -371,25 +396,37 @@ def _content_row(writer: Writer, e: Entry, record: Parsed) -> tuple[Any, ...]:
     )
 
 
-def _record_row(writer: Writer, e: Entry, received: Any) -> tuple[Any, ...]:
-    record = e.record
-    assert isinstance(record, Parsed)
-    cov = e.coverage
-    return (
-        e.tenant_id,
-        e.device_id,
-        record.boot_epoch,
-        record.seq,
-        record.meter,
-        writer.quantity(record.micro),
-        record.dimension,
-        writer.stamp(record.ts),
-        received,
-        cov.account_id if cov else None,
-        cov.product_id if cov else None,
-        cov.entitlement_id if cov else None,
-        e.over_cap,
-    )
+def _record_rows(writer: Writer, stored: list[Entry], received: Any) -> list[tuple[Any, ...]]:
+    """The ``usage_records`` rows (:data:`_RECORD_COLUMNS`) of the stored entries.
+
+    One loop with its lookups bound once: it runs for every record ingested.
+    The rows come back in ``recorded_at`` order (stable: arrival order among
+    equal times). The ``(tenant_id, account_id, meter, recorded_at)`` index
+    is then filled in one sweep instead of at random points of the time axis
+    (measured: a third of the insert cost when a batch's times are spread),
+    and ids still rise with arrival among records of one instant, which is
+    all the ``latest`` tie-break and the time-then-id listings rely on.
+    """
+    stamp, quantity, raw_micro = writer.stamp, writer.quantity, writer.sqlite
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for e in stored:
+        record = cast(Parsed, e.record)  # only Parsed records are stored
+        cov = e.coverage
+        micro = record.micro
+        append((
+            e.tenant_id, e.device_id, record.boot_epoch, record.seq, record.meter,
+            micro if raw_micro else quantity(micro), record.dimension, stamp(record.ts),
+            received,
+            *((cov.account_id, cov.product_id, cov.entitlement_id) if cov else _UNCOVERED),
+            e.over_cap,
+        ))  # fmt: skip
+    rows.sort(key=_RECORDED_AT)
+    return rows
+
+
+_UNCOVERED = (None, None, None)
+_RECORDED_AT = operator.itemgetter(_RECORD_COLUMNS.index("recorded_at"))
 
 
 def _held(

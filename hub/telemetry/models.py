@@ -98,8 +98,10 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (
         UniqueConstraint("device_id", "boot_epoch", "seq"),
+        # No (tenant_id, device_id, recorded_at) index: one random page write per
+        # record at ingestion; device filters use the unique key's device_id
+        # prefix (migration 0007_usage_ingest).
         Index(None, "tenant_id", "account_id", "meter", "recorded_at"),
-        Index(None, "tenant_id", "device_id", "recorded_at"),
         Index(None, "received_at"),
     )
 

@@ -128,6 +128,14 @@ class RecordFilter:
         ):
             if value is not None:
                 clauses.append(attribute == value)
+        if self.device_id is not None:
+            # Always true (epochs are unsigned), but it lets the planner see
+            # that the key index (device_id, boot_epoch, seq) narrows the
+            # search to one device: without statistics SQLite otherwise
+            # scans the whole tenant through the (tenant_id, ...) index.
+            # There is no (tenant_id, device_id, recorded_at) index since
+            # migration 0007_usage_ingest (it cost ingestion a page per record).
+            clauses.append(UsageRecord.boot_epoch >= 0)
         if self.covered is not None:
             account = UsageRecord.account_id
             clauses.append(account.is_not(None) if self.covered else account.is_(None))

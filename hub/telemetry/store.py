@@ -30,6 +30,7 @@ from hub.db.base import Base
 from hub.telemetry.models import SCALE
 
 T = TypeVar("T")
+_SECONDS_MEMO = 100_000
 IN_CHUNK = 900
 """Values per ``IN (...)`` list: under SQLite's historical limit of 999 bound variables."""
 
@@ -49,11 +50,22 @@ class Writer:
         self._placeholder = "?" if self.sqlite else "%s"
         self._greatest = "max" if self.sqlite else "GREATEST"
         self._stamps: dict[int, str] = {}  # day number -> YYYY-MM-DD
+        # Unix second -> storage text: a batch's records share few seconds, and
+        # formatting one costs more than the rest of its row (bounded below).
+        self._seconds: dict[int, Any] = {}
 
     # ---------------------------------------------------------------- values
 
     def stamp(self, ts: int) -> Any:
         """A whole-second Unix time in the timestamp columns' storage form."""
+        value = self._seconds.get(ts)
+        if value is None:
+            if len(self._seconds) >= _SECONDS_MEMO:
+                self._seconds.clear()
+            value = self._seconds[ts] = self._format(ts)
+        return value
+
+    def _format(self, ts: int) -> Any:
         if not self.sqlite:
             return datetime.fromtimestamp(ts, UTC)
         day, second = divmod(ts, 86_400)

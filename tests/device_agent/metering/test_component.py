@@ -8,7 +8,7 @@ from device_agent.identity import Identity
 from device_agent.session import DeviceSession
 from protocols import cbor
 from protocols.messages import ErrorReply, encode_message
-from protocols.usage_messages import DEVICE_BATCH_BYTES
+from protocols.usage_messages import DEVICE_BATCH_BYTES, UsageAck
 from tests.device_agent.metering.harness import (
     DEV,
     T0,
@@ -219,3 +219,40 @@ def test_every_ack_message_is_decoded_before_it_reaches_the_buffer(buffer):
     bad = cbor.encode({0: 1, 1: "usage_ack", 2: []})  # an ack must answer 1..1000 keys
     assert session.on_message(f"d/{DEV}/down/usage_ack", bad, now=T0) == []
     assert buffer.stats().pending == 1
+
+
+def _coalesced(*answers):
+    """One ack answering several messages, as the hub sends per device and hub batch."""
+    return UsageAck(results=tuple(result for answer in answers for result in answer.results))
+
+
+def test_one_coalesced_ack_completes_every_batch_it_answers(buffer):
+    fill(buffer, 50)
+    hub = FakeHub()
+    metering = component(buffer, batch_max_records=10, max_in_flight=3)
+    out = metering.on_connected(now=T0)
+    assert len(out) == 3 and metering.in_flight == 3
+    more = metering.on_message(_coalesced(*(hub.receive(o) for o in out)), now=T0)
+    # all three complete at once, and the window opens for the next ones
+    assert keys_of(more) == [(1, s) for s in range(31, 51)]
+    assert metering.in_flight == 2 and buffer.stats().pending == 20
+    assert metering.counters.acked == 30 and metering.counters.unknown_acks == 0
+    assert metering.on_message(_coalesced(*(hub.receive(o) for o in more)), now=T0) == []
+    assert metering.in_flight == 0 and buffer.stats().pending == 0 and len(hub.stored) == 50
+
+
+def test_an_error_beside_a_coalesced_ack_resends_only_the_refused_batch(buffer):
+    fill(buffer, 30)
+    hub = FakeHub()
+    metering = component(buffer, batch_max_records=10, max_in_flight=3)
+    first, refused, third = metering.on_connected(now=T0)
+    # The hub refused the second message whole (its error is published first)
+    # and answered the other two in one ack.
+    retry = metering.on_message(error(), now=T0)
+    assert keys_of(retry) == [(1, s) for s in range(1, 6)]
+    rest = metering.on_message(_coalesced(hub.receive(first), hub.receive(third)), now=T0)
+    assert keys_of(rest) == keys_of([refused])  # the isolation retry was answered too
+    assert metering.in_flight == 1 and buffer.stats().pending == 10
+    metering.on_message(hub.receive(rest[0]), now=T0)
+    assert metering.in_flight == 0 and buffer.stats().pending == 0
+    assert metering.counters.codes == {"stored": 30} and len(hub.stored) == 30

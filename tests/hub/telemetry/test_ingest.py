@@ -6,14 +6,18 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from device_agent.metering.component import MeteringComponent
+from device_agent.metering.config import MeteringSettings
 from hub.entitlements import service as ent_service
 from hub.entitlements.schemas import FeatureCreate
+from hub.telemetry import queries
 from hub.telemetry.caps import TOTAL_CEILING
 from hub.telemetry.ingest import UsageHandler
 from hub.telemetry.models import (
@@ -28,7 +32,9 @@ from hub.telemetry.models import (
 )
 from hub.telemetry.policy import UsagePolicy
 from protocols.messages import ErrorReply, Hello, decode_message
-from protocols.usage_messages import RawUsageRecord, UsageBatch
+from protocols.usage_messages import MAX_RECORDS, RawUsageRecord, UsageAck, UsageBatch
+from tests.device_agent.metering.harness import T0 as AGENT_T0
+from tests.device_agent.metering.harness import bulk_append, open_buffer
 from tests.hub.analytics.conftest import T0
 from tests.hub.telemetry.conftest import TS0, UsageShop, make_usage_shop, rec
 
@@ -88,6 +94,66 @@ def test_acks_go_to_each_senders_topic(usage: UsageShop) -> None:
     assert [topic for topic, _ in replies] == [f"d/{a}/down/usage_ack", f"d/{b}/down/usage_ack"]
     assert count(usage.factory, UsageRecord, device_id=a) == 1
     assert count(usage.factory, UsageRecord, device_id=b) == 2
+
+
+def _acks(replies: list[tuple[str, bytes]]) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    decoded = [(topic, decode_message(payload)) for topic, payload in replies]
+    return [
+        (topic, [(*r.key, r.code) for r in ack.results])
+        for topic, ack in decoded
+        if isinstance(ack, UsageAck)
+    ]
+
+
+def test_one_ack_per_device_lists_all_its_messages_in_order(usage: UsageShop) -> None:
+    a, b = usage.devices
+    replies = usage.deliver(
+        [
+            (a, UsageBatch(records=(rec(1), rec(2)))),
+            (b, UsageBatch(records=(rec(1),))),
+            (a, UsageBatch(records=(rec(3), rec(1, 9)))),  # a new key and a conflict
+            (a, UsageBatch(records=(rec(2),))),  # a replay within the same batch
+        ]
+    )
+    assert _acks(replies) == [
+        (
+            f"d/{a}/down/usage_ack",
+            [
+                (1, 1, "stored"),
+                (1, 2, "stored"),
+                (1, 3, "stored"),
+                (1, 1, "conflict"),
+                (1, 2, "duplicate"),
+            ],
+        ),
+        (f"d/{b}/down/usage_ack", [(1, 1, "stored")]),
+    ]
+    assert count(usage.factory, UsageRecord, device_id=a) == 3
+    assert count(usage.factory, UsageConflict, device_id=a) == 1
+
+
+def test_a_coalesced_ack_is_split_at_the_result_limit(usage: UsageShop) -> None:
+    device = usage.devices[0]
+    messages = [
+        (device, UsageBatch(records=tuple(rec(seq, ts=TS0 + 60) for seq in range(n, n + 700))))
+        for n in (1, 701, 1401)
+    ]
+    acks = _acks(usage.deliver(messages))
+    assert [len(results) for _, results in acks] == [MAX_RECORDS, MAX_RECORDS, 100]
+    assert {topic for topic, _ in acks} == {f"d/{device}/down/usage_ack"}
+    keys = [(epoch, seq) for _, results in acks for epoch, seq, _ in results]
+    assert keys == [(1, seq) for seq in range(1, 2101)]
+    assert count(usage.factory, UsageRecord, device_id=device) == 2100
+
+
+def test_a_wrong_type_gets_its_error_beside_the_devices_ack(usage: UsageShop) -> None:
+    device = usage.devices[0]
+    hello = Hello(agent_version="1", manifest_seq=0, boot_epoch=1)
+    first, second = UsageBatch(records=(rec(1),)), UsageBatch(records=(rec(2),))
+    replies = usage.deliver([(device, first), (device, hello), (device, second)])
+    errors = [t for t, p in replies if isinstance(decode_message(p), ErrorReply)]
+    assert errors == [f"d/{device}/down/error"]
+    assert _acks(replies) == [(f"d/{device}/down/usage_ack", [(1, 1, "stored"), (1, 2, "stored")])]
 
 
 def test_a_message_of_another_type_gets_an_error(usage: UsageShop) -> None:
@@ -395,6 +461,35 @@ def test_over_cap_marks_the_records_past_the_daily_cap(usage: UsageShop) -> None
     assert totals == {TS0 - TS0 % 86_400: Decimal("60.5"), day2 - day2 % 86_400: Decimal(51)}
 
 
+def test_a_batch_is_written_in_recorded_order_and_caps_count_in_arrival_order(
+    usage: UsageShop,
+) -> None:
+    """Rows are inserted sorted by ``recorded_at`` (index locality), stably: ids rise
+    with arrival among records of one instant, so ``latest`` still prefers the later
+    stored of two records that tie on time and seq. Over-cap marks still follow
+    arrival, whatever the insert order."""
+    device = usage.devices[0]
+    later, earlier = TS0 + 90, TS0 + 70
+    records = [
+        rec(1, 30, meter="storage", ts=later),
+        rec(2, 20, meter="storage", ts=earlier),  # total 50: at the cap
+        rec(1, 4, meter="storage", ts=later, epoch=2),  # 54: past; ties epoch 1 seq 1
+        rec(3, 1, meter="storage", ts=earlier),  # 55: past
+    ]
+    assert usage.send(device, records) == ["stored"] * 4
+    rows = usage.records(device)  # epoch, then seq
+    by_id = [(r.boot_epoch, r.seq) for r in sorted(rows, key=lambda r: r.id)]
+    assert by_id == [(1, 2), (1, 3), (1, 1), (2, 1)]
+    over = {(r.boot_epoch, r.seq): r.over_cap for r in rows}
+    assert over == {(1, 1): False, (1, 2): False, (2, 1): True, (1, 3): True}
+    with usage.factory() as s:
+        (latest,) = queries.usage_totals(
+            s, tenant_id=usage.tenant_id, start=T0, end=T0 + timedelta(days=1),
+            meter="storage", device_id=device, group_by=(), aggregation="latest",
+        )  # fmt: skip
+    assert latest.value == Decimal(4)  # epoch 2's record: stored after epoch 1's
+
+
 def test_two_grants_add_their_caps(usage: UsageShop) -> None:
     shop = usage.shop
     device = usage.devices[0]
@@ -503,3 +598,47 @@ def test_period_totals_saturate_instead_of_overflowing(usage: UsageShop) -> None
             select(UsagePeriodTotal.quantity).where(UsagePeriodTotal.device_id == device)
         ).all()
     assert totals and all(t <= Decimal(TOTAL_CEILING) / MICRO for t in totals)
+
+
+@pytest.mark.parametrize("epochs", [3, 120], ids=["few-epochs", "more-than-a-query-names"])
+def test_marks_of_many_epochs_in_one_batch(usage: UsageShop, epochs: int) -> None:
+    device = usage.devices[0]
+    first = [(device, UsageBatch(records=(rec(2, epoch=e),))) for e in range(1, epochs + 1)]
+    usage.deliver(first)
+    assert usage.handler.last.codes == Counter(stored=epochs)
+    assert usage.handler.last.gaps_opened == epochs  # seq 1 of every epoch is missing
+    both = [UsageBatch(records=(rec(2, epoch=e), rec(1, epoch=e))) for e in range(1, epochs + 1)]
+    again = [(device, batch) for batch in both]
+    usage.deliver(again)
+    assert usage.handler.last.codes == Counter(duplicate=epochs, stored=epochs)
+    assert usage.handler.last.gaps_opened == 0
+    assert count(usage.factory, UsageGap, device_id=device, closed_at=None) == 0
+    assert count(usage.factory, UsageRecord, device_id=device) == 2 * epochs
+
+
+def test_a_real_agent_completes_every_batch_from_one_coalesced_ack(
+    usage: UsageShop, tmp_path: Path
+) -> None:
+    """The agent's component against this handler: three batches in, one ack out."""
+    device = usage.devices[0]
+    buffer = open_buffer(tmp_path)
+    buffer.begin_epoch(1)
+    try:
+        bulk_append(buffer, 30, "api.calls")
+        agent = MeteringComponent(
+            buffer,
+            device_id=device,
+            settings=MeteringSettings(batch_max_records=10, max_in_flight=3),
+        )
+        out = agent.on_connected(now=AGENT_T0)
+        assert len(out) == 3 and agent.in_flight == 3
+        now = datetime.fromtimestamp(AGENT_T0 + 60, UTC)
+        replies = usage.deliver([(device, decode_message(o.payload)) for o in out], now)
+        ((topic, payload),) = replies
+        assert topic == f"d/{device}/down/usage_ack"
+        assert agent.on_message(decode_message(payload), now=AGENT_T0 + 1) == []
+        assert agent.in_flight == 0 and buffer.stats().pending == 0
+        assert agent.counters.codes == {"stored": 30}
+    finally:
+        buffer.close()
+    assert count(usage.factory, UsageRecord, device_id=device) == 30

@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.billing.usage import period_usage
 from hub.errors import ValidationFailed
 from hub.registry.models import Tenant
 from hub.telemetry import queries
@@ -189,3 +190,49 @@ def test_iter_records_leaves_the_callers_session_alone(session: Session, seeded:
     tenant = session.get_one(Tenant, seeded)
     assert len(list(queries.iter_records(session, tenant_id=seeded, start=T0, end=END))) == 9
     assert tenant in session  # billing's objects stay attached
+
+
+def test_sums_at_the_per_record_maximum_do_not_overflow(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """10,000 records of 10^12 units: 10^22 micro-units, far past a signed 64-bit
+    integer (9.2e18 micro-units = 9.2e12 units, reached after 9,224 such records).
+    SQLite's SUM raises "integer overflow" on a plain sum of the stored micro-units;
+    usage totals, meter values and billing's period usage stay exact on every backend."""
+    tenant = make_tenant(session_factory, T0).tenant_id
+    n = 10_000
+    rows = [
+        _row(tenant, f"dev-{seq % 7}", seq, quantity=Decimal(10**12),
+             recorded_at=T0 + timedelta(seconds=seq))
+        for seq in range(1, n + 1)
+    ]  # fmt: skip
+    rows.append(_row(tenant, "dev-odd", 1, quantity=Decimal("0.999999")))
+    with session_factory() as s:
+        s.execute(insert(UsageRecord), rows)
+        s.commit()
+    expected = Decimal(n * 10**12) + Decimal("0.999999")
+    with session_factory() as s:
+        (total,) = _totals(s, tenant, group_by=())
+        assert (total.value, total.records) == (expected, n + 1)
+        by_device = _totals(s, tenant, group_by=("device_id",))
+        assert sum((t.value for t in by_device), Decimal(0)) == expected
+        assert queries.evaluate_meter(s, _Meter("sum"), tenant, "acct-a", T0, END) == expected
+        assert _totals(s, tenant, group_by=(), aggregation="max")[0].value == Decimal(10**12)
+        billed = period_usage(
+            s, tenant_id=tenant, account_id="acct-a", start=T0, end=END, cutoff=END,
+            aggregations=("sum",),
+        )  # fmt: skip
+        assert billed == {"sum": {("prod", "api.calls"): expected}}
+
+
+def test_a_device_filter_reads_through_the_key_index(session: Session, seeded: str) -> None:
+    """No (tenant_id, device_id, recorded_at) index since 0007_usage_ingest: a device's
+    records are found through the key (device_id first), not by scanning the tenant."""
+    flt = queries.RecordFilter(tenant_id=seeded, start=T0, end=END, device_id="dev-a")
+    query = select(func.count()).select_from(UsageRecord).where(*flt.clauses())
+    bind = session.get_bind()
+    sql = str(query.compile(bind, compile_kwargs={"literal_binds": True}))
+    if bind.dialect.name == "sqlite":
+        plan = " ".join(str(row[-1]) for row in session.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+        assert "sqlite_autoindex_usage_records_1 (device_id=?" in plan
+    assert session.scalar(query) == 6  # dev-a's records, all of them in the window

@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.telemetry.policy import MAX_KEY
-from hub.telemetry.records import MAX_TS, Parsed, Refused, check_record, to_decimal, to_micro
+from hub.telemetry.records import (
+    MAX_TS,
+    Parsed,
+    Refused,
+    check_record,
+    check_records,
+    to_decimal,
+    to_micro,
+)
 from protocols.errors import MessageError
 from protocols.usage_messages import RawUsageRecord, parse_record
 from tests.protocols.strategies.usage import quantities, raw_records
@@ -52,3 +60,40 @@ def test_micro_units_are_exact(quantity: int | float) -> None:
 def test_whole_quantities(quantity: int) -> None:
     assert to_micro(quantity) == quantity * 1_000_000
     assert to_micro(float(quantity)) == to_micro(quantity) or quantity > 2**53
+
+
+@given(st.lists(raw_records, max_size=20), st.booleans())
+def test_check_records_answers_as_check_record_one_by_one(
+    raws: list[RawUsageRecord], warm: bool
+) -> None:
+    """The batch loop's inline fast path changes nothing, with the memos cold or warm."""
+    if warm:
+        for raw in raws:
+            check_record(raw)
+    batch = check_records(raws)
+    assert batch == [check_record(raw) for raw in raws]
+    assert [type(r) for r in batch] == [type(check_record(raw)) for raw in raws]
+
+
+M = "api.calls"
+
+
+def test_check_records_fast_path_refuses_what_check_record_refuses() -> None:
+    """Values at and past each bound, through the inline path (meter and float memos warm)."""
+    check_record(RawUsageRecord((1, 1, M, 1.25, 1)))
+    edge = [
+        (1, 1, M, 1.25, 1), (1, 1, M, 10**12, MAX_TS),
+        (1, 1, M, 10**12 + 1, 1), (1, 1, M, -1, 1),
+        (1, 1, M, -1.25, 1), (1, 1, M, 0.0, 1), (1, 1, M, -0.0, 1),
+        (1, 1, M, float("nan"), 1), (1, 1, M, float("inf"), 1),
+        (1, 1, M, True, 1), (1, 1, M, 1, MAX_TS + 1), (1, 1, M, 1, -1),
+        (1, 1, M, 1, True), (1, 0, M, 1, 1), (MAX_KEY + 1, 1, M, 1, 1),
+        (1, MAX_KEY + 1, M, 1, 1), (1, MAX_KEY, M, 1, 1),
+        (1, 1, M, 1, 1, "dim"), (1, 1, "", 1, 1), (1, 1, 7, 1, 1),
+    ]  # fmt: skip
+    raws = [RawUsageRecord(items) for items in edge]
+    assert check_records(raws) == [check_record(raw) for raw in raws]
+    assert [type(r) for r in check_records(raws)] == [
+        Parsed, Parsed, Refused, Refused, Refused, Parsed, Refused, Refused, Refused, Refused,
+        Refused, Refused, Refused, Refused, Refused, Refused, Parsed, Parsed, Refused, Refused,
+    ]  # fmt: skip
