@@ -8,19 +8,31 @@ contiguous run from ``base``, which the installer then writes. Nothing outside
 the window is kept, so memory stays bounded by ``in_flight`` chunks.
 
 Skipped requests: the hub answers a device's requests in the order they
-came and may leave one unanswered (its per-batch byte budget was spent). So
+came; it holds those over its per-call byte budget for its next call, but may
+still leave one unanswered (a hub restart loses the held ones). So
 when a chunk arrives that was asked for in a *later* request than chunks
 still missing, those are taken as lost and asked for again at once, instead
 of after the timeout (a reordering hub only causes duplicates, which are
 dropped).
 
-Timeouts: when requests are outstanding and nothing new arrives in time,
-every missing chunk of the window is requested again (a *stall*); progress
-resets the stall count, and more than ``max_stalls`` stalls in a row mean the
-download is given up. The timeout is fixed, neither stretched by a measured
-round trip nor backed off after a stall: the hub may leave a request
-unanswered on purpose (its per-batch byte budget), and then only asking again
-soon helps; one small request per ``timeout`` and device is no load. After a reconnect everything
+Timeouts: when requests are outstanding and nothing new arrives in time (a
+*stall*), the oldest outstanding request is asked again, as TCP retransmits
+its oldest segment: if the hub was only slow, only that probe's chunks come
+twice, not the whole window's; if the hub lost the requests, each further
+timeout asks again for the next oldest (the requests still outstanding get a
+new deadline, and the re-ask is not held back as a short run at the front,
+so a window whose requests were all lost keeps asking once per timeout).
+Only the re-ask is a probe: a chunk answering it may be the
+first request's, so it neither counts earlier requests as skipped nor
+measures a round trip. Progress resets the stall count, and more than
+``max_stalls`` stalls in a row mean the download is given up. The timeout is
+``timeout``, stretched to ``RTO_FACTOR`` times the smoothed round trip of
+the requests (from a request to the first chunk that answers it) when that
+is longer, at most ``MAX_STRETCH`` times ``timeout``: a hub that holds
+requests queued behind other devices' is slow, not lossy, and asking again
+before its queue comes round only makes it send the chunks twice. A stall
+itself does not back off: a request the hub lost is only recovered by asking
+again. After a reconnect everything
 missing is requested again at once, starting from ``base``: that is the
 resume from the last verified chunk.
 """
@@ -30,6 +42,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocols.firmware_messages import MAX_CHUNK_WINDOW
+
+RTO_FACTOR = 3.0
+"""The timeout in force is at least this many smoothed round trips..."""
+MAX_STRETCH = 4.0
+"""...and at most this many times the configured ``timeout``."""
 
 
 @dataclass
@@ -46,6 +63,7 @@ class ChunkWindow:
         bad_chunks: Chunks refused on arrival so far (corrupt, wrong size).
         stalls: Consecutive timeouts without progress.
         lost: Chunks asked for again because a later request was answered first.
+        srtt: Smoothed round trip of the requests (seconds), ``None`` before the first.
     """
 
     chunk_count: int
@@ -57,9 +75,14 @@ class ChunkWindow:
     bad_chunks: int = 0
     stalls: int = 0
     lost: int = 0
+    srtt: float | None = None
     _buffered: dict[int, bytes] = field(default_factory=dict)
     _requested: dict[int, int] = field(default_factory=dict)  # index -> request serial
     _serial: int = 0
+    _sent: dict[int, float] = field(default_factory=dict)  # request serial -> when asked
+    _probing: bool = False  # the next plan follows a stall: the front is not held back
+    _reask: set[int] = field(default_factory=set)  # chunks the stall gave up on
+    _probes: set[int] = field(default_factory=set)  # serials of the requests re-asking them
     _deadline: float | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +98,13 @@ class ChunkWindow:
     def complete(self) -> bool:
         """Every chunk was handed to the writer."""
         return self.base >= self.chunk_count
+
+    @property
+    def current_timeout(self) -> float:
+        """The timeout in force: ``timeout``, stretched by a long measured round trip."""
+        if self.srtt is None:
+            return self.timeout
+        return min(max(self.timeout, RTO_FACTOR * self.srtt), MAX_STRETCH * self.timeout)
 
     @property
     def outstanding(self) -> int:
@@ -100,7 +130,9 @@ class ChunkWindow:
             max(self._requested, default=-1), max(self._buffered, default=-1), self.base - 1
         )
         full = min(self.request_size, self.in_flight)
-        idle = not self._requested
+        # After a stall the re-ask goes out even if it is a short run at the
+        # front: held back, nothing else might ever set a deadline again.
+        idle = not self._requested or self._probing
         runs: list[tuple[int, int]] = []
         for index, count in self._missing_runs():
             fresh = index > frontier
@@ -110,8 +142,15 @@ class ChunkWindow:
         for index, count in runs:
             self._serial += 1
             self._requested.update(dict.fromkeys(range(index, index + count), self._serial))
+            if self._reask.intersection(range(index, index + count)):
+                self._probes.add(self._serial)  # its answer may be the lost request's
+            else:
+                self._sent[self._serial] = now
+        # One plan only: later requests are ordinary (they measure round trips).
+        self._probing = False
+        self._reask.clear()
         if runs and self._deadline is None:
-            self._deadline = now + self.timeout
+            self._deadline = now + self.current_timeout
         return runs
 
     def _missing_runs(self) -> list[tuple[int, int]]:
@@ -139,14 +178,23 @@ class ChunkWindow:
             the window (dropped: nothing outside the window is kept).
         """
         serial = self._requested.pop(index, None)
-        if serial is not None:
+        if serial is not None and serial not in self._probes:
+            sent = self._sent.pop(serial, None)  # the first chunk answering that request
+            if sent is not None:
+                self._sample(now - sent)
             self._forget_earlier(serial)
         if not self.wants(index):
             return False
         self._buffered[index] = data
         self.stalls = 0
-        self._deadline = now + self.timeout if self._requested else None
+        self._deadline = now + self.current_timeout if self._requested else None
         return True
+
+    def _sample(self, rtt: float) -> None:
+        """Fold one measured round trip into :attr:`srtt` (weight 1/8, as TCP does)."""
+        if rtt < 0:
+            return  # a clock that stepped back measures nothing
+        self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
 
     def _forget_earlier(self, serial: int) -> None:
         """Chunks of requests older than ``serial`` still missing were skipped: ask again."""
@@ -154,6 +202,9 @@ class ChunkWindow:
         for index in skipped:
             del self._requested[index]
         self.lost += len(skipped)
+        for older in [s for s in self._sent if s < serial]:
+            del self._sent[older]
+        self._probes = {s for s in self._probes if s > serial}
 
     def refused(self, index: int) -> None:
         """A chunk was refused on arrival: ask for it again with the next plan."""
@@ -181,24 +232,39 @@ class ChunkWindow:
             raise ValueError("base is outside the image")
         if base < self.base:
             self._requested.clear()  # what was handed over and lost must be asked again
+            self._sent.clear()
+            self._probes.clear()
         self.base = base
         self._buffered = {i: d for i, d in self._buffered.items() if i >= base}
 
     def restart(self) -> None:
         """Forget outstanding requests (after a reconnect): the next plan asks again."""
         self._requested.clear()
+        self._sent.clear()
+        self._probes.clear()
+        self._reask.clear()
         self._deadline = None
 
     def expire(self, now: float) -> bool:
         """Count a stall if outstanding requests timed out; ``True`` once too many.
 
-        After a stall the outstanding requests are forgotten, so the next
-        :meth:`plan` asks for them again.
+        After a stall the oldest outstanding request is forgotten, so the next
+        :meth:`plan` asks for it again (the probe; see the module docstring),
+        and the remaining outstanding requests get a new deadline.
         """
         if self._deadline is None or now < self._deadline:
             return False
         self.stalls += 1
-        self.restart()
+        if self._requested:
+            oldest = min(self._requested.values())
+            for index in [i for i, asked in self._requested.items() if asked == oldest]:
+                del self._requested[index]
+                self._reask.add(index)
+            self._sent.pop(oldest, None)
+        # Requests still outstanding keep a deadline of their own: without one a
+        # plan that asks nothing new would leave the download waiting forever.
+        self._deadline = now + self.current_timeout if self._requested else None
+        self._probing = True
         return self.stalls > self.max_stalls
 
 

@@ -9,7 +9,7 @@ Example (every key but the two ids is optional; defaults shown)::
     http_url = "http://127.0.0.1:8080"   # the hub's API (required for "http")
     in_flight = 32                  # chunks requested or buffered ahead of the written prefix
     request_size = 16               # chunks per FirmwareChunkRequest (1..16)
-    chunk_timeout_seconds = 10      # no new chunk for this long: ask again (a stall)
+    chunk_timeout_seconds = 10      # no new chunk this long (or 3 round trips, <= 4x): ask again
     max_stalls = 6                  # stalls in a row before the job fails
     download_timeout_seconds = 3600 # the whole download, from the offer
     report_retry_seconds = 30       # resend unacknowledged step reports this often

@@ -9,11 +9,29 @@ transaction (replies are published after its commit):
 - ``fw_chunk_req``: refuse (``ErrorReply`` on ``d/{id}/down/error``) an unknown
   job or another device's (``unknown_job``), a job not in progress
   (``job_not_active``), a device failing the entitlement gate *now*
-  (``not_entitled``), an index past the last chunk (``chunk_out_of_range``);
-  otherwise answer ``fw_chunk`` messages read from the blob store. ``count`` is
-  capped by the chunk count and by a per-batch byte budget (a device that got
-  fewer chunks than it asked for re-requests after its timeout). No download
-  state is kept.
+  (``not_entitled``; a pass is remembered per (device, job) for ``gate_ttl``,
+  one second by default: :class:`hub.firmware.gate.PassCache`), an index past
+  the last chunk (``chunk_out_of_range``);
+  otherwise answer ``fw_chunk`` messages (pre-encoded per package, see
+  :class:`hub.firmware.wire.ChunkTails`). ``count`` is capped by the chunk count.
+  One call answers at most ``batch_bytes`` of chunk data; what is over that
+  budget is *held over*: the rest of the request and every later request of
+  the batch wait in the handler's backlog, which the next call serves first.
+  A request is held only once its job, owner, job state and index were
+  checked (an invalid one is refused at once); when served it is checked
+  again (claimed sender, job, gate, index) in that call's transaction. Each
+  device has its own queue and the queues are served round-robin, one request
+  per device in turn, so one device's flood cannot delay the others. Chunks
+  already held for a (device, job) are not held twice (a request overlapping
+  them is trimmed), and at most ``max_held_per_job`` chunks are held per
+  (device, job): that device's own excess is dropped with a log line (it asks
+  again). Past ``max_backlog`` held requests in all, new ones are dropped the
+  same way; below those bounds nothing held is dropped, and a call that fails
+  (database outage, handler defect) puts what it took back at the front. The
+  adapter makes the next call as soon as it has published this one's replies
+  (:attr:`FirmwareHandler.backlog`), and the router serves the backlog after
+  every batch of other messages too, so the publish window paces the
+  transfer. No per-device download state is kept beyond that queue.
 - ``fw_report``: store each (device, key) once, move the job forward
   (:func:`hub.rollouts.policy.next_job_state`), and acknowledge the keys in one
   ``fw_report_ack`` per device after the commit; a replayed key is acknowledged
@@ -26,20 +44,21 @@ nothing and the rest of the batch goes on.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.firmware.blobs import BlobStore
 from hub.firmware.errors import BlobError
-from hub.firmware.gate import Gate, entitled_devices
+from hub.firmware.gate import Gate, PassCache, entitled_devices
 from hub.firmware.installed import INT64_MAX, note_confirmed, note_reported
-from hub.firmware.models import FirmwarePackage
-from hub.firmware.wire import chunk_payloads
+from hub.firmware.models import DeviceFirmware, FirmwarePackage
+from hub.firmware.wire import ChunkTails, chunk_prefix, chunk_tails
 from hub.mqtt.outbound import Outbound
 from hub.registry.models import Device
 from hub.rollouts import engine, jobs
@@ -48,6 +67,7 @@ from hub.rollouts.policy import ACTIVE_STATES, next_job_state
 from protocols import topics
 from protocols.firmware_messages import (
     MAX_ACK_KEYS,
+    MAX_CHUNK_WINDOW,
     FirmwareChunkRequest,
     FirmwareQuery,
     FirmwareReportAck,
@@ -60,7 +80,15 @@ from protocols.messages import ErrorReply, Message, encode_message
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 8 * 1024 * 1024
-"""Most payload bytes one batch answers with (bounds memory and the publish window)."""
+"""Most payload bytes one call answers with (bounds memory and the publish window)."""
+GATE_TTL = timedelta(seconds=1)
+"""How long a device's gate pass for a job is trusted by the chunk path."""
+MAX_BACKLOG = 50_000
+"""Most chunk requests held over for later calls (beyond: dropped, the device asks again)."""
+MAX_HELD_PER_JOB = 2 * 1024
+"""Most chunks held per (device, job): twice the largest agent window (``in_flight`` ≤ 1024)."""
+MAX_RESTORES = 3
+"""Failed calls in a row after which the backlog they took is dropped, not put back."""
 IN_CHUNK = 900
 PACKAGE_CACHE = 64
 """Packages (with their envelopes, up to 32 KiB each) kept in memory by one handler."""
@@ -83,9 +111,21 @@ class _Batch:
     jobs: dict[str, FirmwareJob]
     seen_keys: set[tuple[str, str]]
     budget: int
+    queriers: list[str] = field(default_factory=list)
+    current: dict[str, list[FirmwareJob]] = field(default_factory=dict)
+    # Rows loaded up front for the queries: held here so the session's (weak)
+    # identity map keeps them and the per-device lookups find them without SQL.
+    held_rows: list[object] = field(default_factory=list)
+    served: int = 0
+    held: list[tuple[str, FirmwareChunkRequest]] = field(default_factory=list)
     out: list[Outbound] = field(default_factory=list)
     acks: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     entitled: dict[str, set[str]] = field(default_factory=dict)
+    gated: dict[str, set[str]] = field(default_factory=dict)  # package -> devices evaluated
+
+
+_Held = tuple[str, FirmwareChunkRequest]
+"""A held-over request and its sender."""
 
 
 class FirmwareHandler:
@@ -93,15 +133,57 @@ class FirmwareHandler:
 
     kind = topics.UpKind.FIRMWARE.value
 
-    def __init__(self, *, store: BlobStore, batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        batch_bytes: int = BATCH_BYTES,
+        tails: ChunkTails | None = None,
+        max_backlog: int = MAX_BACKLOG,
+        max_held_per_job: int = MAX_HELD_PER_JOB,
+        gate_ttl: timedelta = GATE_TTL,
+        gate_cache_entries: int = 100_000,
+    ) -> None:
         self._store = store
         self._batch_bytes = batch_bytes
         self._packages: dict[str, FirmwarePackage] = {}
+        self._tails = tails if tails is not None else ChunkTails()
+        self._max_backlog = max_backlog
+        self._max_held_per_job = max_held_per_job
+        self._passes = PassCache(gate_ttl, gate_cache_entries)
+        # device -> its held requests, oldest first; devices in the order they are served.
+        self._queues: OrderedDict[str, deque[FirmwareChunkRequest]] = OrderedDict()
+        # (device, job) -> the chunk indices held for it: overlap detection and the cap.
+        self._held_chunks: dict[tuple[str, str], set[int]] = {}
+        self._held_requests = 0
+        self._failures = 0  # calls in a row that failed after taking the backlog
+        self._backlog_lock = threading.Lock()  # two dispatchers may share one router
+
+    @property
+    def backlog(self) -> int:
+        """Chunk requests held over for the next call (the adapter calls again at once)."""
+        return self._held_requests
 
     def handle(
         self, session: Session, items: Sequence[tuple[str, Message]], now: datetime
     ) -> list[Outbound]:
-        """Apply the batch's firmware messages in arrival order; returns the replies."""
+        """Serve held-over chunk requests, then the batch's messages in arrival order.
+
+        Returns the replies, to publish after the commit.
+        """
+        taken = self._take_backlog()
+        try:
+            batch = self._handle(session, [*self._claimed_held(session, taken), *items], now)
+        except BaseException:
+            self._restore(taken)
+            raise
+        self._failures = 0
+        self._hold(batch.held)
+        return batch.out
+
+    def _handle(
+        self, session: Session, items: Sequence[tuple[str, Message]], now: datetime
+    ) -> _Batch:
         batch = self._load(session, items, now)
         for device_id, message in items:
             try:
@@ -114,7 +196,76 @@ class FirmwareHandler:
             for start in range(0, len(keys), MAX_ACK_KEYS):
                 ack = FirmwareReportAck(keys=tuple(keys[start : start + MAX_ACK_KEYS]))
                 batch.out.append(Outbound(topic, encode_message(ack)))
-        return batch.out
+        return batch
+
+    # --- the backlog ------------------------------------------------------------------------
+
+    def _take_backlog(self) -> list[_Held]:
+        """Empty the backlog: its requests round-robin, one per device in turn."""
+        with self._backlog_lock:
+            queues = list(self._queues.items())
+            self._queues = OrderedDict()
+            self._held_chunks = {}
+            self._held_requests = 0
+        taken: list[_Held] = []
+        while queues:
+            for device_id, queue in queues:
+                taken.append((device_id, queue.popleft()))
+            queues = [(device_id, queue) for device_id, queue in queues if queue]
+        return taken
+
+    @staticmethod
+    def _claimed_held(session: Session, taken: list[_Held]) -> list[tuple[str, Message]]:
+        """The taken requests whose senders are still claimed (the others are dropped)."""
+        if not taken:
+            return []
+        claimed = _claimed(session, sorted({device_id for device_id, _ in taken}))
+        return [(device_id, request) for device_id, request in taken if device_id in claimed]
+
+    def _restore(self, taken: list[_Held]) -> None:
+        """Put what a failed call took back in front of what was held since."""
+        self._failures += 1
+        if self._failures > MAX_RESTORES:
+            # A call that fails every time must not spin on the same requests:
+            # they are dropped, and the devices ask again after their timeout.
+            log.error("firmware backlog dropped after %d failed calls", self._failures - 1)
+            self._failures = 0
+            return
+        self._hold(taken, front=True)
+
+    def _hold(self, requests: Iterable[_Held], *, front: bool = False) -> None:
+        """Queue ``requests`` (in order) for the next call, within the bounds.
+
+        With ``front`` they go before everything already held (a restore).
+        """
+        with self._backlog_lock:
+            later: list[_Held] = []
+            if front:
+                later = [(d, r) for d, queue in self._queues.items() for r in queue]
+                self._queues, self._held_chunks, self._held_requests = OrderedDict(), {}, 0
+            for device_id, request in [*requests, *later]:
+                self._hold_one(device_id, request)
+
+    def _hold_one(self, device_id: str, request: FirmwareChunkRequest) -> None:
+        """Queue the chunks of ``request`` not already held for its (device, job)."""
+        held = self._held_chunks.setdefault((device_id, request.job_id), set())
+        wanted = [i for i in range(request.index, request.index + request.count) if i not in held]
+        room = self._max_held_per_job - len(held)
+        if len(wanted) > room:
+            log.warning(
+                "firmware: %s holds %d chunks of job %s; %d more dropped (it asks again)",
+                device_id, len(held), request.job_id, len(wanted) - room,
+            )  # fmt: skip
+            wanted = wanted[: max(room, 0)]
+        for index, count in _runs(wanted):
+            if self._held_requests >= self._max_backlog:
+                log.warning("firmware chunk backlog full; request of %s dropped", device_id)
+                return
+            self._queues.setdefault(device_id, deque()).append(
+                FirmwareChunkRequest(request.job_id, index, count)
+            )
+            held.update(range(index, index + count))
+            self._held_requests += 1
 
     def _one(self, session: Session, batch: _Batch, device_id: str, message: Message) -> None:
         # The router passes only senders it found claimed in this transaction.
@@ -139,18 +290,24 @@ class FirmwareHandler:
         # Chunk requests only read; queries and reports write, so only they need
         # the device rows, and the jobs that reports move are locked.
         writers = sorted({d for d, m in items if not isinstance(m, FirmwareChunkRequest)})
+        queriers = sorted({d for d, m in items if isinstance(m, FirmwareQuery)})
         reported = {m.job_id for _, m in items if isinstance(m, ReportMessage)}
         requested = {m.job_id for _, m in items if isinstance(m, FirmwareChunkRequest)}
         keys = sorted({m.key for _, m in items if isinstance(m, ReportMessage)})
         jobs = _jobs(session, sorted(requested - reported), lock=False)
         jobs.update(_jobs(session, sorted(reported), lock=True))
-        return _Batch(
+        batch = _Batch(
             now=now,
             devices=_claimed(session, writers),
             jobs=jobs,
             seen_keys=_seen(session, writers, keys),
             budget=self._batch_bytes,
+            queriers=queriers,
         )
+        if queriers:
+            batch.current = engine.current_jobs(session, queriers)
+            batch.held_rows = _query_rows(session, queriers, batch.current)
+        return batch
 
     def _package(self, session: Session, package_id: str) -> FirmwarePackage:
         # Packages never change once committed: cache them for the process.
@@ -169,9 +326,23 @@ class FirmwareHandler:
         gate = Gate.of(package)
         if gate.is_open:
             return True
-        if package.id not in batch.entitled:
-            wanted = [j.device_id for j in batch.jobs.values() if j.package_id == package.id]
-            batch.entitled[package.id] = entitled_devices(session, wanted, gate, batch.now)
+        if package.id not in batch.entitled or device_id not in batch.gated[package.id]:
+            # One evaluation per package and call: every device of the batch that
+            # may need it (its requests' jobs, its queries' offers), at "now".
+            wanted = [
+                j.device_id
+                for j in batch.jobs.values()
+                if j.package_id == package.id
+                and not self._passes.passed(j.device_id, j.job_id, batch.now)
+            ]
+            wanted.extend(batch.queriers)
+            if package.id in batch.entitled:
+                # Not foreseen: its gate pass was still cached when the memo was
+                # made, and has gone since (expired or evicted). Evaluated alone.
+                wanted = [device_id]
+            batch.gated.setdefault(package.id, set()).update(wanted)
+            passed = entitled_devices(session, wanted, gate, batch.now)
+            batch.entitled.setdefault(package.id, set()).update(passed)
         return device_id in batch.entitled[package.id]
 
     # --- chunk requests ---------------------------------------------------------------------
@@ -187,39 +358,61 @@ class FirmwareHandler:
     def _chunks(
         self, session: Session, batch: _Batch, device_id: str, request: FirmwareChunkRequest
     ) -> None:
+        # Job, owner, state and index are checked before a request is held, so
+        # only valid requests wait; the gate is checked when it is served.
         job = self._active_job(batch, device_id, request.job_id)
         package = self._package(session, job.package_id)
-        if not self._entitled(session, batch, package, device_id):
-            raise Refused("not_entitled", f"this device is not entitled to job {job.job_id}")
+        holding = bool(batch.held)  # the budget is spent: later requests wait their turn
+        if not holding and not self._passes.passed(device_id, job.job_id, batch.now):
+            if not self._entitled(session, batch, package, device_id):
+                raise Refused("not_entitled", f"this device is not entitled to job {job.job_id}")
+            self._passes.note(device_id, job.job_id, batch.now)
         if request.index >= package.chunk_count:
             raise Refused(
                 "chunk_out_of_range",
                 f"chunk {request.index} of job {job.job_id}: the payload has"
                 f" {package.chunk_count} chunks (0..{package.chunk_count - 1})",
             )
-        affordable = batch.budget // package.chunk_size
-        count = min(request.count, package.chunk_count - request.index, affordable)
-        if count <= 0:
-            log.info("firmware batch budget spent; chunk request of %s deferred", device_id)
+        count = min(request.count, package.chunk_count - request.index)
+        if holding:
+            batch.held.append((device_id, FirmwareChunkRequest(job.job_id, request.index, count)))
             return
-        self._send_chunks(batch, job, package, request.index, count)
+        # At least one chunk per call, so a budget below one chunk still progresses.
+        affordable = max(batch.budget // package.chunk_size, 0 if batch.served else 1)
+        served = min(count, affordable)
+        if served < count:
+            rest = FirmwareChunkRequest(job.job_id, request.index + served, count - served)
+            batch.held.append((device_id, rest))
+        if served > 0:
+            self._send_chunks(batch, job, package, request.index, served)
 
     def _send_chunks(
         self, batch: _Batch, job: FirmwareJob, package: FirmwarePackage, index: int, count: int
     ) -> None:
-        start = index * package.chunk_size
-        end = min(package.size, (index + count) * package.chunk_size)
         try:
-            data = self._store.read_range(package.blob_key, start, end)
+            tails = self._chunk_tails(package, index, count)
         except BlobError:
             log.exception("firmware payload of package %s unreadable", package.id)
             return  # the device re-requests; nothing to tell it that would help
-        batch.budget -= len(data)
+        batch.budget -= count * package.chunk_size
+        batch.served += count
         topic = topics.device_down(job.device_id, topics.DownKind.FIRMWARE)
-        batch.out.extend(
-            Outbound(topic, payload)
-            for payload in chunk_payloads(job.job_id, index, data, package.chunk_size)
-        )
+        prefix = chunk_prefix(job.job_id)
+        batch.out.extend(Outbound(topic, prefix + tail) for tail in tails)
+
+    def _chunk_tails(self, package: FirmwarePackage, index: int, count: int) -> list[bytes]:
+        """The encoded tails of chunks ``index .. index+count-1``: cached, or read now."""
+
+        def load() -> bytes:
+            return self._store.read_range(package.blob_key, 0, package.size)
+
+        cached = self._tails.get(package.id, package.size, package.chunk_size, load)
+        if cached is not None:
+            return cached[index : index + count]
+        start = index * package.chunk_size
+        end = min(package.size, (index + count) * package.chunk_size)
+        data = self._store.read_range(package.blob_key, start, end)
+        return chunk_tails(index, data, package.chunk_size)
 
     # --- reports ----------------------------------------------------------------------------
 
@@ -295,7 +488,14 @@ class FirmwareHandler:
             reason = self._stale_reason(session, device_id, query.job_id)
             if reason is not None:
                 batch.out.append(jobs.cancel_outbound(device_id, query.job_id, reason))
-        batch.out.extend(engine.offers_for_device(session, device_id, batch.now))
+        offers = engine.offers_for_device(
+            session,
+            device_id,
+            batch.now,
+            entitled=lambda package: self._entitled(session, batch, package, device_id),
+            current=batch.current.get(device_id, []),
+        )
+        batch.out.extend(offers)
 
     def _stale_reason(self, session: Session, device_id: str, job_id: str) -> str | None:
         """Why the job a device names is no longer one to work on, or ``None``."""
@@ -309,6 +509,17 @@ class FirmwareHandler:
         return job.state
 
 
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Ascending ``indices`` as (start, count) runs of consecutive chunks, each ≤ 16 long."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][0] + runs[-1][1] == index and runs[-1][1] < MAX_CHUNK_WINDOW:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
 def _claimed(session: Session, device_ids: list[str]) -> dict[str, Device]:
     found: dict[str, Device] = {}
     for start in range(0, len(device_ids), IN_CHUNK):
@@ -318,6 +529,23 @@ def _claimed(session: Session, device_ids: list[str]) -> dict[str, Device]:
         )
         found.update((device.id, device) for device in rows)
     return found
+
+
+def _query_rows(
+    session: Session, device_ids: list[str], current: dict[str, list[FirmwareJob]]
+) -> list[object]:
+    """What answering these devices' queries reads per device: firmware rows, packages."""
+    rows: list[object] = []
+    package_ids = sorted({job.package_id for found in current.values() for job in found})
+    for start in range(0, len(device_ids), IN_CHUNK):
+        chunk = device_ids[start : start + IN_CHUNK]
+        rows.extend(
+            session.scalars(select(DeviceFirmware).where(DeviceFirmware.device_id.in_(chunk)))
+        )
+    for start in range(0, len(package_ids), IN_CHUNK):
+        chunk = package_ids[start : start + IN_CHUNK]
+        rows.extend(session.scalars(select(FirmwarePackage).where(FirmwarePackage.id.in_(chunk))))
+    return rows
 
 
 def _jobs(session: Session, job_ids: list[str], *, lock: bool) -> dict[str, FirmwareJob]:

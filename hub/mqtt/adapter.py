@@ -5,7 +5,13 @@ thread drains it in batches, hands each batch to the :class:`InboundRouter`
 (one database transaction per batch) and publishes the replies only after that
 commit. Publishing is bounded by an in-flight window: paho silently stops
 completing QoS 1 publishes beyond ~65,535 outstanding, so callers block
-instead (back-pressure).
+instead (back-pressure). When the router's handlers hold work over
+(:attr:`hub.inbound.InboundRouter.has_backlog`), the client of the device
+topics serves it (:meth:`~hub.inbound.InboundRouter.serve_backlog`) as soon as
+the previous replies are published, alternating with message batches while
+messages keep coming (so other traffic cannot starve it): the publish window
+then paces the held-over work. A client of the claim topics only never
+does (the replies are device messages for the other broker).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ BATCH_MAX = 500
 BATCH_ATTEMPTS = 3
 ACK_FLUSH_SECONDS = 0.5
 INFLIGHT_WINDOW = 1000
+WINDOW_POLL_SECONDS = 0.5
 PAHO_INFLIGHT_LIMIT = 0  # unlimited in paho: the window above bounds it
 _CONNECT_TIMEOUT = 15.0
 
@@ -66,6 +73,7 @@ class HubMqttClient:
         self._early_acks: set[int] = set()
         self._acknowledged: list[str] = []
         self._filters = list(filters)
+        self._serves_devices = topics.HUB_UP_FILTER in filters
         if shared_group:
             self._filters = [f"$share/{shared_group}/{f}" for f in self._filters]
         self._inbox: queue.Queue[Inbound | None] = queue.Queue()
@@ -125,9 +133,18 @@ class HubMqttClient:
         self._client.loop_stop()
 
     def publish(self, messages: list[Outbound]) -> None:
-        """Publish ``messages`` at their QoS, blocking while the window is full."""
-        for message in messages:
-            self._window.acquire()
+        """Publish ``messages`` at their QoS, blocking while the window is full.
+
+        Once the hub is stopping, a full window ends the call: the replies not
+        yet sent are dropped (devices ask again; manifests are re-sent).
+        """
+        for index, message in enumerate(messages):
+            if not self._acquire_slot():
+                log.warning(
+                    "hub stopping: %d replies not published (devices ask again)",
+                    len(messages) - index,
+                )
+                return
             # Never hold our lock while calling paho: paho's network thread holds
             # its own lock when it calls _on_publish, which takes ours (deadlock).
             info = self._client.publish(message.topic, message.payload, qos=message.qos)
@@ -135,6 +152,17 @@ class HubMqttClient:
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 self._window.release()
                 log.error("publish to %s failed: %s", message.topic, mqtt.error_string(info.rc))
+
+    def _acquire_slot(self) -> bool:
+        """Wait for a window slot; ``False`` once the hub is stopping.
+
+        While the broker is away no PUBACK frees a slot, so an unbounded wait
+        would keep a stopping hub's dispatcher (and its shutdown) waiting.
+        """
+        while not self._window.acquire(timeout=WINDOW_POLL_SECONDS):
+            if self._stopping.is_set():
+                return False
+        return True
 
     def _on_connect(
         self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
@@ -179,12 +207,26 @@ class HubMqttClient:
                 self._acknowledged.append(track)
 
     def _dispatch_loop(self) -> None:
+        served = True  # whether the held-over work was served since the last message batch
         while True:
-            try:
-                first = self._inbox.get(timeout=ACK_FLUSH_SECONDS)
-            except queue.Empty:
-                self._flush_acknowledged()
+            held = self._serves_devices and self._router.has_backlog and not self._stopping.is_set()
+            if held and not served:
+                # Alternate with message batches: steady traffic of other kinds
+                # (usage, manifest acks) must not starve the held-over work.
+                self._run_batch(None)
+                served = True
                 continue
+            try:
+                first = (
+                    self._inbox.get_nowait() if held else self._inbox.get(timeout=ACK_FLUSH_SECONDS)
+                )
+            except queue.Empty:
+                if held:
+                    self._run_batch(None)  # serve the held-over work now
+                else:
+                    self._flush_acknowledged()
+                continue
+            served = False
             if first is None:
                 self._flush_acknowledged()
                 return
@@ -210,7 +252,8 @@ class HubMqttClient:
         except Exception:
             log.exception("recording %d broker acknowledgements failed", len(tracks))
 
-    def _run_batch(self, batch: list[Inbound]) -> None:
+    def _run_batch(self, batch: list[Inbound] | None) -> None:
+        """Handle ``batch`` (``None``: the router's held-over work), then publish the replies."""
         self._flush_acknowledged()
         result = self._handle_with_retries(batch)
         if result is None:
@@ -227,15 +270,18 @@ class HubMqttClient:
         except Exception:
             log.exception("publishing %d replies failed", len(result.outbound))
 
-    def _handle_with_retries(self, batch: list[Inbound]) -> BatchResult | None:
+    def _handle_with_retries(self, batch: list[Inbound] | None) -> BatchResult | None:
         # A failed batch rolled back as a whole, so running it again is safe;
         # a database outage must still not kill the dispatcher.
         for attempt in range(1, BATCH_ATTEMPTS + 1):
             try:
+                if batch is None:
+                    return self._router.serve_backlog()
                 return self._router.handle_batch(batch)
             except Exception:
                 if attempt == BATCH_ATTEMPTS or self._stopping.is_set():
-                    log.exception("batch of %d messages failed; nothing committed", len(batch))
+                    size = 0 if batch is None else len(batch)
+                    log.exception("batch of %d messages failed; nothing committed", size)
                     return None
                 log.warning("batch failed (attempt %d); retrying", attempt, exc_info=True)
                 time.sleep(0.2 * attempt)

@@ -145,29 +145,38 @@ def offer_pending(
     return jobs.offer_jobs(session, pending, rollout, now, actor=jobs.SYSTEM)
 
 
-def offers_for_device(session: Session, device_id: str, now: datetime) -> list[Outbound]:
+def offers_for_device(
+    session: Session,
+    device_id: str,
+    now: datetime,
+    *,
+    entitled: Callable[[FirmwarePackage], bool] | None = None,
+    current: Sequence[FirmwareJob] | None = None,
+) -> list[Outbound]:
     """What a device that just asked (``fw_query``) should get.
 
     Its active job's offer again (idempotent on the device), unless it lost
     the package's entitlement meanwhile (then the job is cancelled); else its
     pending job, offered now when its rollout is running, its wave has started
     and a maintenance window is open; else nothing.
+
+    Args:
+        session: The caller's transaction.
+        device_id: The asking device.
+        now: The time the gate is evaluated at.
+        entitled: Whether the device passes a package's gate at ``now``; the MQTT
+            handler passes one that evaluates every device of its batch at once.
+            By default the gate is evaluated for this device alone.
+        current: The device's jobs as :func:`current_jobs` loaded them earlier in
+            this transaction (their state is re-read from the live objects); by
+            default they are loaded now.
     """
-    current = list(
-        session.scalars(
-            select(FirmwareJob)
-            .where(
-                FirmwareJob.device_id == device_id,
-                FirmwareJob.retired_at.is_(None),
-                FirmwareJob.state.in_(("pending", *ACTIVE_STATES)),
-            )
-            .order_by(FirmwareJob.id)
-            .with_for_update()
-        )
-    )
+    if current is None:
+        current = current_jobs(session, [device_id]).get(device_id, [])
+    current = [j for j in current if j.retired_at is None and j.state in _CURRENT_STATES]
     for job in current:
         if job.state in ACTIVE_STATES:
-            return _resend(session, job, now)
+            return _resend(session, job, now, entitled)
     for job in current:
         rollout = session.get_one(Rollout, job.rollout_id)
         if (
@@ -179,6 +188,29 @@ def offers_for_device(session: Session, device_id: str, now: datetime) -> list[O
     return []
 
 
+_CURRENT_STATES = ("pending", *ACTIVE_STATES)
+
+
+def current_jobs(session: Session, device_ids: Sequence[str]) -> dict[str, list[FirmwareJob]]:
+    """Each device's jobs that are not retired and pending or active, by id, rows locked."""
+    found: dict[str, list[FirmwareJob]] = {}
+    ids = sorted(set(device_ids))
+    for start in range(0, len(ids), jobs.IN_CHUNK):
+        rows = session.scalars(
+            select(FirmwareJob)
+            .where(
+                FirmwareJob.device_id.in_(ids[start : start + jobs.IN_CHUNK]),
+                FirmwareJob.retired_at.is_(None),
+                FirmwareJob.state.in_(_CURRENT_STATES),
+            )
+            .order_by(FirmwareJob.id)
+            .with_for_update()
+        )
+        for job in rows:
+            found.setdefault(job.device_id, []).append(job)
+    return found
+
+
 def _would_offer(session: Session, rollout: Rollout, now: datetime) -> bool:
     """Whether the engine's decision for ``rollout`` now is to offer (window, thresholds)."""
     waves = len(service.waves_of(session, rollout.id))
@@ -187,9 +219,18 @@ def _would_offer(session: Session, rollout: Rollout, now: datetime) -> bool:
     )
 
 
-def _resend(session: Session, job: FirmwareJob, now: datetime) -> list[Outbound]:
+def _resend(
+    session: Session,
+    job: FirmwareJob,
+    now: datetime,
+    entitled: Callable[[FirmwarePackage], bool] | None,
+) -> list[Outbound]:
     package = session.get_one(FirmwarePackage, job.package_id)
-    if job.device_id in entitled_devices(session, [job.device_id], Gate.of(package), now):
+    if entitled is None:
+        passes = job.device_id in entitled_devices(session, [job.device_id], Gate.of(package), now)
+    else:
+        passes = entitled(package)
+    if passes:
         return [jobs.offer_outbound(job, package)]
     if job.state not in CANCELLABLE_STATES:
         return []  # past verified: the device finishes; chunks are refused anyway

@@ -8,18 +8,11 @@ and never hold its own lock while calling into paho (that deadlocked).
 from __future__ import annotations
 
 from hub.mqtt.adapter import HubMqttClient
+from tests.hub.unconnected import unconnected_client
 
 
 def _client(acknowledged: list[list[str]]) -> HubMqttClient:
-    return HubMqttClient(
-        host="127.0.0.1",
-        port=1,
-        client_id="hub-test",
-        username="hub-test",
-        password="x",
-        router=None,  # type: ignore[arg-type]  # never dispatches in this test
-        on_acknowledged=acknowledged.append,
-    )
+    return unconnected_client(on_acknowledged=acknowledged.append)
 
 
 def test_puback_after_record_and_before_record_both_count_once():

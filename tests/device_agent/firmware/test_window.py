@@ -177,3 +177,115 @@ def test_a_hole_behind_the_front_is_asked_for_at_once():
     window.plan(0)
     window.refused(3)
     assert window.plan(0) == [(3, 1)]
+
+
+def test_a_slow_round_trip_stretches_the_timeout_up_to_its_cap():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=0.5)
+    assert window.current_timeout == 0.5 and window.srtt is None
+    window.plan(0.0)
+    window.accept(0, b"a", 0.6)  # the hub held the request queued for 0.6 s
+    assert window.srtt == 0.6
+    assert window.current_timeout == pytest.approx(1.8)  # 3 round trips
+    assert not window.expire(0.6 + 1.7)  # a fixed 0.5 s would have stalled here
+    assert not window.expire(0.6 + 1.8) and window.stalls == 1
+    slow = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=0.5)
+    slow.plan(0.0)
+    slow.accept(0, b"a", 5.0)  # a very slow one: capped at 4 x timeout
+    assert slow.current_timeout == 2.0
+
+
+def test_a_stall_asks_again_for_the_oldest_request_only():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=0.5)
+    assert window.plan(0.0) == [(0, 16), (16, 16)]
+    assert not window.expire(0.5) and window.stalls == 1
+    assert window.plan(0.5) == [(0, 16)]  # the probe; 16..31 are still outstanding
+    # The hub was only slow: the first two requests are answered in order, then the probe.
+    for index in range(32):
+        assert window.accept(index, b"x", 0.7)
+    assert window.take() and window.lost == 0 and window.stalls == 0
+    assert not window.accept(0, b"x", 0.8)  # the probe's answer: a dropped duplicate
+    assert window.srtt == pytest.approx(0.7)  # the probe's round trip was not measured
+
+
+def test_requests_the_hub_lost_are_asked_again_one_timeout_each():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=0.5)
+    window.plan(0.0)
+    window.expire(0.5)
+    assert window.plan(0.5) == [(0, 16)]
+    for index in range(16):  # the hub lost both requests (a restart): the probe answers
+        window.accept(index, b"x", 0.6)
+    assert window.lost == 0  # its answer may have been the first request's: no guess
+    window.take()
+    assert window.plan(0.6) == [(32, 16)]  # the window moved on; 16..31 still outstanding
+    assert not window.expire(1.1) and window.stalls == 1
+    assert window.plan(1.1) == [(16, 16)]  # the next oldest, asked again
+
+
+def test_fast_round_trips_keep_the_configured_timeout_and_only_first_arrivals_count():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=0.5)
+    window.plan(0.0)
+    window.accept(0, b"a", 0.01)
+    window.accept(1, b"b", 0.4)  # same request: no second sample
+    assert window.srtt == 0.01 and window.current_timeout == 0.5
+    window.accept(16, b"q", 0.1)  # the second request's first chunk
+    assert window.srtt == pytest.approx(0.875 * 0.01 + 0.125 * 0.1)
+    window.restart()  # a reconnect forgets the outstanding requests, not the round trip
+    assert window.srtt is not None and window.plan(1.0)
+
+
+def _short_front_request_then_lost(window: ChunkWindow) -> None:
+    """The reviewer's case: a short re-ask at the front and a tail request, both lost."""
+    assert window.plan(0) == [(0, 16), (16, 16)]
+    for index in range(32):
+        if index != 5:
+            assert window.accept(index, b"x", 0.1)
+    window.refused(5)
+    window.take()
+    assert window.plan(0.2) == [(5, 1), (32, 5)]
+    window.refused(5)
+    assert window.plan(0.3) == [(5, 1)]  # a newer serial than (32, 5): the hub loses both
+
+
+def test_a_stall_with_a_short_front_request_keeps_asking_until_the_stall_limit():
+    window = ChunkWindow(chunk_count=100, in_flight=32, request_size=16, timeout=10, max_stalls=6)
+    _short_front_request_then_lost(window)
+    asked: list[list[tuple[int, int]]] = []
+    gave_up_at = None
+    for now in range(20, 1000, 10):
+        if window.expire(now):
+            gave_up_at = now
+            break
+        asked.append(window.plan(now))
+    assert gave_up_at is not None and gave_up_at < 200  # not the 3600 s download timeout
+    assert window.stalls == 7
+    assert asked[0] == [(32, 5)]  # the oldest request, though short and at the front
+    assert all(asked)  # every stall re-asked something
+
+
+def test_a_stall_with_a_short_front_request_finishes_once_the_hub_answers():
+    window = ChunkWindow(chunk_count=100, in_flight=32, request_size=16, timeout=10)
+    _short_front_request_then_lost(window)
+    now = 20.0
+    for _ in range(200):
+        if window.complete:
+            break
+        assert not window.expire(now)
+        for index, count in window.plan(now):
+            for chunk in range(index, index + count):
+                window.accept(chunk, b"x", now + 0.1)
+        window.take()
+        now += 10
+    assert window.complete
+
+
+def test_a_probe_round_that_asks_nothing_again_leaves_later_requests_ordinary():
+    window = ChunkWindow(chunk_count=64, in_flight=32, request_size=16, timeout=10)
+    assert window.plan(0) == [(0, 16), (16, 16)]
+    assert not window.expire(10) and window.stalls == 1  # (0, 16) given up on...
+    for index in range(16):  # ...and answered late, before the next plan
+        window.accept(index, b"x", 10.05)
+    window.take()
+    assert window.plan(10.1) == [(32, 16)]  # new ground, not a re-ask
+    window.accept(32, b"x", 10.3)
+    assert window.srtt == pytest.approx(0.2)  # its round trip was measured
+    assert window.lost == 16  # and 16..31, asked before it, were taken as skipped

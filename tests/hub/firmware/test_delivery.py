@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+from hub.firmware import delivery
 from hub.firmware.delivery import FirmwareHandler
+from hub.firmware.gate import entitled_devices
 from hub.rollouts.models import FirmwareReport as ReportRow
 from protocols import suit
 from protocols.firmware_messages import (
@@ -142,7 +146,250 @@ def test_batch_byte_budget_caps_what_one_batch_answers(world: World) -> None:
         handler=handler,
     )
     got = [(d, m.index) for d, m in replies if isinstance(m, FirmwareChunk)]
-    assert got == [(a, 0), (a, 1), (b, 0)]  # b got what was left; it asks again later
+    assert got == [(a, 0), (a, 1), (b, 0)]  # b got what was left now
+    assert handler.backlog == 1  # the rest of b's request is held over, not dropped
+
+
+def _chunks(replies: list[Any]) -> list[tuple[str, int]]:
+    return [(d, m.index) for d, m in replies if isinstance(m, FirmwareChunk)]
+
+
+def test_requests_over_the_budget_are_served_by_the_next_call_in_arrival_order(
+    world: World,
+) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    handler = FirmwareHandler(store=world.store, batch_bytes=2 * 1024)
+    first = world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=3)),
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=2)),
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=2, count=1)),
+        handler=handler,
+    )
+    assert _chunks(first) == [(a, 0), (a, 1)]
+    assert handler.backlog == 3  # a's third chunk, then b's two requests
+    assert world.router(handler).has_backlog  # the adapter serves it at once
+    assert world.router(handler).handle_batch([]).outbound == []  # e.g. the claim client's
+    assert handler.backlog == 3
+    # The next call serves the held-over requests first, even when it brings nothing new.
+    second = world.drain(handler)
+    assert _chunks(second) == [(a, 2), (b, 0)]
+    third = world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=3, count=1)), handler=handler
+    )
+    assert _chunks(third) == [(b, 1), (b, 2)]  # b's older requests before a's new one
+    assert _chunks(world.drain(handler)) == [(a, 3)]
+    assert handler.backlog == 0 and not world.router(handler).has_backlog
+    assert world.drain(handler) == []
+
+
+def test_a_budget_smaller_than_a_chunk_still_serves_one_chunk_per_call(world: World) -> None:
+    _, [device], offers = _offered(world)
+    handler = FirmwareHandler(store=world.store, batch_bytes=100)
+    request = FirmwareChunkRequest(job_id=offers[device].job_id, index=0, count=2)
+    assert _chunks(world.send((device, request), handler=handler)) == [(device, 0)]
+    assert _chunks(world.drain(handler)) == [(device, 1)]
+
+
+def test_held_over_requests_are_checked_again_when_served(world: World) -> None:
+    started, [a, b, c], offers = _offered(world, devices=3)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024)
+    world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=1)),
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=1)),
+        (c, FirmwareChunkRequest(job_id=offers[c].job_id, index=0, count=1)),
+        handler=handler,
+    )
+    assert handler.backlog == 2
+    world.send((b, _report(offers[b].job_id, "failed", "k-b", reason="flash")))
+    world.fleet().set_status(c, "disabled")
+    replies = world.drain(handler)
+    assert _error(replies) == "job_not_active"  # b's job ended meanwhile
+    assert [d for d, _ in replies] == [b]  # c is no longer claimed: dropped, unanswered
+    assert handler.backlog == 0
+    assert world.job_of(started["id"], b)["state"] == "failed"
+
+
+def test_a_request_asked_again_while_held_over_is_held_once_and_the_backlog_is_bounded(
+    world: World,
+) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024, max_backlog=2)
+    ask_a = FirmwareChunkRequest(job_id=offers[a].job_id, index=1, count=2)
+    world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=1)),
+        (a, ask_a),
+        (a, ask_a),  # the device timed out and asked again: one entry
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=1)),
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=1, count=1)),  # over the bound
+        handler=handler,
+    )
+    assert handler.backlog == 2
+    served = []
+    for _ in range(4):
+        served += _chunks(world.drain(handler))
+    assert served == [(a, 1), (a, 2), (b, 0)]  # b's second request was dropped: it asks again
+
+
+def test_invalid_requests_behind_the_budget_are_refused_at_once_not_held(world: World) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024)
+    replies = world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=2)),  # 1 over budget
+        (a, FirmwareChunkRequest(job_id="job-" + "0" * 24, index=0, count=1)),
+        (a, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=1)),  # b's job
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=99, count=1)),
+        handler=handler,
+    )
+    assert _chunks(replies) == [(a, 0)]
+    codes = [m.code for _, m in replies if isinstance(m, ErrorReply)]
+    assert codes == ["unknown_job", "unknown_job", "chunk_out_of_range"]
+    assert handler.backlog == 1  # only the rest of the valid request waits
+
+
+def test_held_requests_are_served_round_robin_per_device(world: World) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024)
+    world.send(
+        *[(a, FirmwareChunkRequest(job_id=offers[a].job_id, index=i, count=1)) for i in range(4)],
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=1)),
+        handler=handler,
+    )
+    served = []
+    for _ in range(5):
+        served += _chunks(world.drain(handler))
+    assert served == [(a, 1), (b, 0), (a, 2), (a, 3)]  # b is not behind all of a's
+
+
+def test_overlapping_requests_are_held_once_and_each_device_job_is_capped(world: World) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024, max_held_per_job=3)
+    ask_a = (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=2))
+    world.send(
+        ask_a,  # chunk 0 served, (1, 1) held
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=3)),  # a probe: 0, 2
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=1, count=4)),  # cap: none more
+        (b, FirmwareChunkRequest(job_id=offers[b].job_id, index=0, count=1)),
+        handler=handler,
+    )
+    assert handler.backlog == 4  # a: (1, 1), (0, 1), (2, 1): its cap of 3 chunks; b: (0, 1)
+    served = []
+    for _ in range(6):
+        served += _chunks(world.drain(handler))
+    assert sorted(served) == sorted([(a, 0), (a, 1), (a, 2), (b, 0)])  # none held twice
+
+
+def test_a_failed_call_puts_the_backlog_it_took_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, [a], offers = _offered(world)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024)
+    world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=3)), handler=handler
+    )
+    assert handler.backlog == 1  # (1, 2)
+
+    def outage(*_: Any) -> dict[str, Any]:
+        raise OperationalError("SELECT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(delivery, "_claimed", outage)
+    with pytest.raises(OperationalError):
+        world.drain(handler)  # the adapter retries the batch
+    assert handler.backlog == 1
+    monkeypatch.undo()
+
+    def defect(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(handler, "_send_chunks", defect)
+    assert world.drain(handler) == []  # nobody to answer: the call brought no message
+    assert handler.backlog == 1  # the work is kept
+    monkeypatch.undo()
+    assert _chunks(world.drain(handler)) == [(a, 1)]
+    assert _chunks(world.drain(handler)) == [(a, 2)]
+    assert handler.backlog == 0
+
+
+def test_a_backlog_that_fails_every_call_is_dropped_not_retried_forever(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, [a], offers = _offered(world)
+    handler = FirmwareHandler(store=world.store, batch_bytes=1024)
+    world.send(
+        (a, FirmwareChunkRequest(job_id=offers[a].job_id, index=0, count=3)), handler=handler
+    )
+
+    def defect(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(handler, "_send_chunks", defect)
+    for _ in range(delivery.MAX_RESTORES):
+        world.drain(handler)
+        assert handler.backlog == 1
+    world.drain(handler)
+    assert handler.backlog == 0
+
+
+def test_a_full_gate_cache_does_not_refuse_a_device_entitled_in_the_same_call(
+    world: World,
+) -> None:
+    _, [a, b, c], offers = _offered(world, devices=3)
+    handler = FirmwareHandler(store=world.store, gate_cache_entries=2)
+
+    def ask(device: str) -> tuple[str, FirmwareChunkRequest]:
+        return (device, FirmwareChunkRequest(job_id=offers[device].job_id, index=0, count=1))
+
+    world.send(ask(a), ask(b), handler=handler)  # both passes cached: the cache is full
+    world.clock.advance(seconds=0.5)
+    # c's pass evicts one of them after the call planned its gate evaluation without a, b.
+    replies = world.send(ask(c), ask(a), ask(b), handler=handler)
+    assert _chunks(replies) == [(c, 0), (a, 0), (b, 0)]
+    assert not of_type(replies, ErrorReply)
+
+
+def test_a_gate_pass_is_trusted_for_the_ttl_only(world: World) -> None:
+    _, [device], offers = _offered(world)
+    handler = FirmwareHandler(store=world.store, gate_ttl=timedelta(seconds=1))
+    ask = (device, FirmwareChunkRequest(job_id=offers[device].job_id, index=0, count=1))
+    assert _chunks(world.send(ask, handler=handler)) == [(device, 0)]
+    world.revoke_all()
+    world.clock.advance(seconds=0.5)
+    assert _chunks(world.send(ask, handler=handler)) == [(device, 0)]  # within the TTL
+    world.clock.advance(seconds=0.6)
+    assert _error(world.send(ask, handler=handler)) == "not_entitled"
+
+
+def test_without_the_gate_cache_the_next_request_is_refused(world: World) -> None:
+    _, [device], offers = _offered(world)
+    handler = FirmwareHandler(store=world.store, gate_ttl=timedelta(0))
+    ask = (device, FirmwareChunkRequest(job_id=offers[device].job_id, index=0, count=1))
+    assert _chunks(world.send(ask, handler=handler)) == [(device, 0)]
+    world.revoke_all()
+    assert _error(world.send(ask, handler=handler)) == "not_entitled"
+
+
+def test_a_query_batch_evaluates_the_gate_for_every_querying_device(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, [a, b], offers = _offered(world, devices=2)
+    world.revoke_all()
+    world.entitlement()  # a new entitlement, activated for the device made next only
+    c, _ = world.device()
+    evaluations: list[list[str]] = []
+
+    def counted(session: Any, device_ids: Any, gate: Any, now: Any) -> set[str]:
+        evaluations.append(sorted(device_ids))
+        return entitled_devices(session, device_ids, gate, now)
+
+    monkeypatch.setattr(delivery, "entitled_devices", counted)
+    replies = world.send(
+        (a, FirmwareQuery(installed_seq=0, job_id=offers[a].job_id)),
+        (b, FirmwareQuery(installed_seq=0, job_id=offers[b].job_id)),
+    )
+    assert evaluations == [sorted([a, b])]  # one evaluation for the whole batch
+    cancels = of_type(replies, FirmwareCancel)
+    assert sorted(m.job_id for m in cancels) == sorted(offers[x].job_id for x in (a, b))
+    assert {m.reason for m in cancels} == {"not_entitled"}
+    assert not of_type(replies, FirmwareOffer) and c not in {d for d, _ in replies}
 
 
 def _report_rows(world: World, device: str) -> int:

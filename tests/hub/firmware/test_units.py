@@ -21,7 +21,7 @@ from hub.firmware.envelope import (
     max_image_size,
 )
 from hub.firmware.errors import BlobError, InvalidChunkSize, PackageTooLarge
-from hub.firmware.gate import Gate, passes
+from hub.firmware.gate import Gate, PassCache, passes
 from protocols.cose import ALG_ES256
 from protocols.errors import CoseError
 
@@ -138,3 +138,36 @@ def test_keys_from_pem() -> None:
     ):
         with pytest.raises(CoseError):
             keys_from_pem(bad)
+
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_pass_cache_trusts_a_pass_for_its_ttl_only() -> None:
+    cache = PassCache(timedelta(seconds=1))
+    assert not cache.passed("d1", "job-a", T0)
+    cache.note("d1", "job-a", T0)
+    assert cache.passed("d1", "job-a", T0 + timedelta(seconds=0.999))
+    assert not cache.passed("d1", "job-a", T0 + timedelta(seconds=1))
+    assert not cache.passed("d1", "job-b", T0)  # per (device, job)
+    assert not cache.passed("d2", "job-a", T0)
+    assert not cache.passed("d1", "job-a", T0 - timedelta(seconds=1))  # a clock stepped back
+
+
+def test_pass_cache_with_zero_ttl_remembers_nothing_and_is_bounded() -> None:
+    off = PassCache(timedelta(0))
+    off.note("d1", "job-a", T0)
+    assert not off.passed("d1", "job-a", T0)
+    small = PassCache(timedelta(seconds=10), max_entries=2)
+    small.note("d1", "j", T0)
+    small.note("d2", "j", T0 + timedelta(seconds=5))
+    small.note("d3", "j", T0 + timedelta(seconds=11))  # full: d1 has expired and goes
+    later = T0 + timedelta(seconds=11)
+    assert [small.passed(d, "j", later) for d in ("d1", "d2", "d3")] == [False, True, True]
+    small.note("d4", "j", later)  # full, nothing expired: the oldest pass (d2) goes, only it
+    assert [small.passed(d, "j", later) for d in ("d2", "d3", "d4")] == [False, True, True]
+    small.note("d3", "j", later)  # noted again: now the newest
+    small.note("d5", "j", later)
+    assert [small.passed(d, "j", later) for d in ("d3", "d4", "d5")] == [True, False, True]
+    with pytest.raises(ValueError):
+        PassCache(timedelta(seconds=-1))

@@ -216,6 +216,10 @@ class World:
         ]
         return decode_all(self.router(handler).handle_batch(batch).outbound)
 
+    def drain(self, handler: FirmwareHandler) -> list[tuple[str, Message]]:
+        """What the adapter does when no message waits: serve the held-over requests."""
+        return decode_all(self.router(handler).serve_backlog().outbound)
+
 
 def decode_all(out: list[Outbound]) -> list[tuple[str, Message]]:
     """(device id, message) of each publish."""
