@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -114,7 +115,7 @@ async def _serve(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         stack.callback(engine.dispose)
         broker = await _start_broker(settings, session_factory, keys)
-        stack.push_async_callback(broker.stop)
+        stack.push_async_callback(stop_within, broker.stop, settings.shutdown_timeout_seconds)
         publisher = ManifestPublisher(
             session_factory=session_factory,
             policy=manifest_policy(settings, keys),
@@ -136,7 +137,9 @@ async def _serve(settings: Settings) -> None:
         )
         for client in clients:
             await asyncio.to_thread(client.start)
-            stack.callback(client.stop)
+            # Off the event loop: the embedded broker on this loop must still
+            # acknowledge while the dispatcher finishes its batch.
+            stack.push_async_callback(asyncio.to_thread, client.stop)
         for plugin in plugins:
             if plugin.on_start is not None:
                 plugin.on_start(context)
@@ -166,6 +169,40 @@ def manifest_policy(settings: Settings, keys: HubKeys) -> ManifestPolicy:
         lease_seconds=settings.manifest_lease_seconds,
         renew_before_seconds=settings.manifest_renew_before_seconds,
         ack_timeout_seconds=settings.manifest_ack_timeout_seconds,
+    )
+
+
+async def stop_within(stop: Callable[[], Awaitable[None]], seconds: float) -> None:
+    """Await ``stop`` for at most ``seconds``; a broker that hangs must not keep the hub up."""
+    try:
+        await asyncio.wait_for(stop(), seconds)
+    except TimeoutError:
+        log.warning("the broker did not stop within %.1f s; leaving it", seconds)
+
+
+async def stop_all(stops: Sequence[Callable[[], None]]) -> None:
+    """Run blocking ``stops`` at once, each in its own thread.
+
+    Each is bounded by itself (Mosquitto: SIGTERM, then SIGKILL); started
+    together, one that is slow (or a caller's time-out) cannot keep the
+    others from starting.
+    """
+    await asyncio.gather(*(asyncio.to_thread(stop) for stop in stops))
+
+
+def api_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """The REST API server's configuration.
+
+    A bounded graceful shutdown: without it uvicorn waits for every open
+    request, and a firmware download to a stalled device never ends.
+    """
+    return uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
 
 
@@ -353,8 +390,7 @@ async def _managed_mosquitto(
         raise
 
     async def stop() -> None:
-        await asyncio.to_thread(claims.stop)
-        await asyncio.to_thread(devices.stop)
+        await stop_all([claims.stop, devices.stop])
 
     host = settings.mqtt_host
     return BrokerHandle(
@@ -383,9 +419,7 @@ async def _run_api(
     app.state.mqtt_clients = clients
     app.state.device_access_changed = broker.device_access_changed
     app.state.on_devices_changed = publisher.devices_changed
-    config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False
-    )
+    config = api_config(app, settings)
     server = uvicorn.Server(config)
 
     def _stop(_signum: int, _frame: object) -> None:

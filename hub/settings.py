@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         default=300, ge=5, description="floating-seat heartbeat timeout"
     )
     maintenance_interval_seconds: int = Field(default=30, ge=1)
+    shutdown_timeout_seconds: int = Field(
+        default=5,
+        gt=0,
+        le=300,
+        description="on SIGTERM: how long open requests and the broker may take to stop",
+    )
     usage_future_skew_seconds: int = Field(
         default=300, ge=0, description="usage timestamps further ahead are quarantined"
     )
