@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -209,6 +210,8 @@ class SimDevice:
         found = parts.build(context)
         self.meter = parts.meter_for(found, trust, lambda: float(self.now()))
         self.firmware = parts.firmware(found)
+        if self.firmware is not None and not self.record.firmware_original:
+            self.record.firmware_original = self._image_digest(self.firmware)
         self.session = DeviceSession(
             identity,
             agent_version=AGENT_VERSION,
@@ -324,11 +327,26 @@ class SimDevice:
         async with self._send_lock:
             try:
                 for message in messages:
-                    await transport.publish(message)
+                    # Noted before the publish: one cut short by a dropped link may
+                    # still have reached the broker (and be stored and acknowledged).
                     self.recorder.sent(self.record, message.topic, message.payload)
+                    await transport.publish(message)
             except TransportError as exc:
                 log.debug("%s: publish failed: %s", self.spec.serial, exc)
                 transport.crash()
+
+    @staticmethod
+    def _image_digest(firmware: FirmwareComponent) -> str:
+        return hashlib.sha256(firmware.running_image()).hexdigest()
+
+    def record_firmware(self) -> None:
+        """Note the image the device runs now (at the end of the run)."""
+        if self.firmware is not None:
+            try:
+                self.record.firmware_running = self._image_digest(self.firmware)
+            except Exception as exc:  # a corrupted slot may raise anything: a finding
+                log.error("%s: cannot read the running image: %s", self.spec.serial, exc)
+                self.record.firmware_unreadable = f"cannot read its running image: {exc!r}"
 
     # ---------------------------------------------------------------- faults
 
@@ -355,6 +373,8 @@ class SimDevice:
 
     async def stop(self) -> None:
         """Say goodbye (seats back, offline status), disconnect cleanly and stop."""
+        if self.record.stopped_at is None:
+            self.record.stopped_at = time.time()
         transport = self.transport
         if transport is not None and self.session is not None:
             with contextlib.suppress(TransportError):

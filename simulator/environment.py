@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -176,17 +177,29 @@ class Environment:
         await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.hub.start)
 
-    async def broker_restart(self, down_seconds: float) -> None:
-        """Restart the broker(s); on the embedded broker, that is a hub restart."""
+    async def broker_restart(self, down_seconds: float) -> str | None:
+        """Restart the broker(s); on the embedded broker, that is a hub restart.
+
+        Returns:
+            ``None``, or what went wrong on the way down: a hub that ignores
+            SIGTERM is killed after :meth:`HubProcess.stop`'s time-out and
+            started again all the same (as a supervisor would), and the run
+            reports it instead of dying with it.
+        """
         if self.brokers is not None:
             await asyncio.to_thread(self.brokers.stop)
             await asyncio.sleep(down_seconds)
             await asyncio.to_thread(self.brokers.start)
-            return
+            return None
         assert self.hub is not None
-        await asyncio.to_thread(self.hub.stop)
+        problem = None
+        try:
+            await asyncio.to_thread(self.hub.stop)
+        except ProcessError as exc:
+            problem = str(exc).splitlines()[0].rstrip(":") + ": killed after the time-out"
         await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.hub.start)
+        return problem
 
     async def broker_stall(self, down_seconds: float) -> None:
         """Freeze the device broker (embedded: the hub process) for ``down_seconds``."""
@@ -218,12 +231,27 @@ class Environment:
 
 def hub_env(options: HubOptions) -> dict[str, str]:
     """``HUB_*`` settings a scenario asks for."""
-    return {
+    env = {
         "HUB_MANIFEST_LEASE_SECONDS": str(options.manifest_lease_seconds),
         "HUB_MANIFEST_RENEW_BEFORE_SECONDS": str(options.manifest_renew_before_seconds),
         "HUB_PRESENCE_STALE_SECONDS": str(options.presence_stale_seconds),
         "HUB_LOG_LEVEL": os.environ.get("FLEET_SIM_HUB_LOG_LEVEL", "WARNING"),
     }
+    if options.billing_grace_seconds is not None:
+        env["HUB_BILLING_GRACE_SECONDS"] = str(options.billing_grace_seconds)
+    if options.billing_job_seconds is not None:
+        env["HUB_BILLING_JOB_SECONDS"] = str(options.billing_job_seconds)
+    return env
+
+
+def tenant_name() -> str:
+    """A tenant name of its own per run.
+
+    Tenant names are unique per hub, and a database may outlive a run (an
+    external PostgreSQL, a run retried on the same database): a fixed name
+    would make the second run fail before it started.
+    """
+    return f"Fleet Simulator {secrets.token_hex(4)}"
 
 
 def start(
@@ -243,7 +271,7 @@ def start(
     )
     hub.start()
     try:
-        key = hub.create_tenant("Fleet Simulator")
+        key = hub.create_tenant(tenant_name())
     except ProcessError:
         hub.stop()
         raise
@@ -284,7 +312,7 @@ def _start_with_mosquitto(
     )
     try:
         hub.start()
-        key = hub.create_tenant("Fleet Simulator")
+        key = hub.create_tenant(tenant_name())
     except ProcessError:
         hub.stop()
         brokers.stop()

@@ -3,16 +3,20 @@
 Phases, in order (each shown by the progress bar):
 
 1. **hub**: start ``hub serve`` (or use a remote one) and bootstrap a tenant;
-2. **provision**: device class, devices, claim tokens, product, entitlements;
+2. **provision**: device class, devices, claim tokens, product, entitlements
+   (and the "firmware care" product gated firmware requires);
 3. **online**: every device claims its identity and connects (paced, with
    source addresses spread over ``127.0.0.x``); connects per second and
    memory per device are measured here;
 4. **entitle**: each group's entitlement is activated on its devices;
-5. **run**: ``duration`` seconds of behaviour, faults, operator actions and
-   attacks, all on one event loop;
+5. **run**: ``duration`` seconds of behaviour, faults, operator actions,
+   attacks and the scenario's firmware rollout (:mod:`simulator.rollout`),
+   all on one event loop;
 6. **settle**: faults end, every device stays online; wait until manifests
-   and usage are quiet and converged (at most ``settle_seconds``);
-7. **check**: devices stop, the hub's account is fetched, invariants checked.
+   and usage are quiet and converged and the rollout is final (at most
+   ``settle_seconds``);
+7. **check**: devices stop, each one's running image is hashed, the hub's
+   account is fetched, invariants checked.
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.firmware.processor import firmware_keys
 from simulator import components as parts
 from simulator import environment, hubstate, malicious, provision
+from simulator import rollout as rollouts
 from simulator.checker import CheckResult, RunFacts, check
 from simulator.device import ConnectGate, DeviceSpec, Endpoints, SimDevice
 from simulator.environment import Environment
-from simulator.hubapi import HubApi
+from simulator.fwcheck import ACTIVE_JOB_STATES, FINAL_ROLLOUT_STATES
+from simulator.hubapi import HubApi, HubApiError
 from simulator.proxy import StallProxy
-from simulator.recorder import Recorder
-from simulator.scenario import Fault, Scenario
+from simulator.recorder import FirmwareScope, Recorder
+from simulator.scenario import Fault, Group, Scenario
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ Progress = Callable[[str, float, float, str], None]
 """``progress(phase, done, total, info)``."""
 
 Inspect = Callable[["HubApi", "provision.Fleet", "list[SimDevice]"], Awaitable[None]]
-"""Called once the fleet has settled, before the devices stop (the demo's tables)."""
+"""A hook of the demo: ``before_run`` (entitlements active, the run about to start)
+or ``inspect`` (the fleet settled, the devices not yet stopped)."""
 
 
 def _quiet(_phase: str, _done: float, _total: float, _info: str) -> None:
@@ -63,6 +71,7 @@ class RunOptions:
     remote: Environment | None = None
     progress: Progress = _quiet
     inspect: Inspect | None = None
+    before_run: Inspect | None = None
 
 
 @dataclass
@@ -80,6 +89,7 @@ class RunStats:
     converged_in_settle: bool = False
     faults: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
+    rollout: dict[str, Any] = field(default_factory=dict)
     api_calls: int = 0
     api_server_errors: int = 0
     wall_seconds: float = 0.0
@@ -130,7 +140,7 @@ async def run(scenario: Scenario, options: RunOptions) -> RunOutcome:
     progress("hub", 1, 1, env.api_url)
     status: int | None = None
     try:
-        outcome = await _Run(scenario, env, devices_root, progress, options.inspect).go()
+        outcome = await _Run(scenario, env, devices_root, progress, options).go()
     finally:
         if options.remote is None:
             status = await asyncio.to_thread(env.stop)
@@ -162,10 +172,10 @@ class _Run:
         env: Environment,
         root: Path,
         progress: Progress,
-        inspect: Inspect | None,
+        options: RunOptions,
     ) -> None:
         self.scenario, self.env, self.root, self.progress = scenario, env, root, progress
-        self.inspect = inspect
+        self.inspect, self.before_run = options.inspect, options.before_run
         self.rng = random.Random(scenario.seed)  # noqa: S311 - simulation, not crypto
         self.recorder = Recorder()
         self.stats = RunStats()
@@ -176,12 +186,22 @@ class _Run:
         self.t0 = time.monotonic()
         self.revoked_at: dict[str, float] = {}
         self.connect_allowed = asyncio.Event()
+        self.fleet: provision.Fleet | None = None
+        self.rollout: rollouts.Started | None = None
+        self.rollout_error = ""
+        # device id -> the hub's manifest sequence the settle check that succeeded saw
+        self.settled_seqs: dict[str, int] = {}
+        self.hub_problems: list[str] = []  # a hub that would not stop on SIGTERM, ...
 
     async def go(self) -> RunOutcome:
         try:
             fleet = await self._provision()
             await self._bring_online(fleet)
             await self._entitle(fleet)
+            if self.before_run is not None:
+                await self.before_run(self.api, fleet, self.devices)
+            # every device claimed: offers' envelopes can be verified as they arrive
+            self.recorder.firmware_scope = self._firmware_scope()
             await self._run_phase(fleet)
             await self._settle()
             if self.inspect is not None:
@@ -198,6 +218,7 @@ class _Run:
     async def _provision(self) -> provision.Fleet:
         self.progress("provision", 0, 2, "devices and claim tokens")
         fleet = await provision.register(self.api, self.scenario)
+        self.fleet = fleet
         self.progress("provision", 1, 2, "product, account, entitlements")
         await provision.sell(self.api, self.scenario, fleet)
         self.progress("provision", 2, 2, f"{len(fleet.device_ids)} devices registered")
@@ -232,7 +253,10 @@ class _Run:
                 key=fleet.keys.get(serial),
                 sections=self._sections(fleet, group),
             )
-            self.recorder.add(serial, group.name, group.clock_skew_seconds, group.malicious)
+            record = self.recorder.add(
+                serial, group.name, group.clock_skew_seconds, group.malicious
+            )
+            record.firmware_entitled = self._firmware_entitled(group)
             rng = random.Random(self.rng.getrandbits(64))  # noqa: S311
             self.devices.append(
                 SimDevice(
@@ -298,6 +322,13 @@ class _Run:
             }
         return sections
 
+    def _firmware_entitled(self, group: Group) -> bool:
+        """Whether the group may have the run's firmware (its gate's entitlement is active)."""
+        plan = self.scenario.rollout
+        if plan is None or not plan.gated:
+            return True
+        return bool(self.scenario.entitle and group.firmware_entitled)
+
     def _serials(self, fleet: provision.Fleet) -> list[tuple[str, Any]]:
         pairs = [(s, g) for g in self.scenario.groups for s in fleet.groups[g.name]]
         self.rng.shuffle(pairs)  # groups interleave on the way online
@@ -321,6 +352,8 @@ class _Run:
             self._spawn(self._at(fault.at, self._fault(fault)))
         for action in scenario.actions:
             self._spawn(self._at(action.at, self._action(fleet, action.kind, action.group)))
+        if scenario.rollout is not None:
+            self._spawn(self._at(scenario.rollout.at, self._start_rollout(fleet)))
         self._spawn(self._ticker())
         while (elapsed := time.monotonic() - self.t0) < scenario.duration_seconds:
             online = sum(1 for d in self.devices if d.online)
@@ -347,11 +380,12 @@ class _Run:
             if online == len(self.devices) and time.monotonic() - quiet_since >= 5.0:
                 left = max(1.0, limit - (time.monotonic() - started))
                 try:
-                    converged = await asyncio.wait_for(self._converged(), left)
+                    seen = await asyncio.wait_for(self._converged(), left)
                 except TimeoutError:
                     break
-                if converged:
+                if seen is not None:
                     self.stats.converged_in_settle = True
+                    self.settled_seqs = seen
                     break
                 quiet_since = time.monotonic()
         self.stats.settle_seconds = time.monotonic() - started
@@ -368,18 +402,81 @@ class _Run:
             sum(1 for d in self.devices if d.online),
         )
 
-    async def _converged(self) -> bool:
-        """Manifests equal the hub's and every sent usage record is answered."""
+    async def _converged(self) -> dict[str, int] | None:
+        """The hub's sequences if manifests equal them, usage is answered, the rollout finished.
+
+        ``None`` when not converged yet.
+        """
         records = self.recorder.devices.values()
         hub_acks_usage = any(r.usage_acks for r in records)
         if hub_acks_usage and any(set(r.usage_sent) - set(r.usage_acks) for r in records):
-            return False
+            return None
+        if not await self._rollout_finished():
+            return None
         hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
-        return all(
-            (hub.devices[d.device_id].manifest_seq or 0) == d.record.manifest_seq
-            for d in self.devices
-            if d.device_id in hub.devices
-        ) and len(hub.devices) == len(self.devices)
+        seqs = {d: device.manifest_seq or 0 for d, device in hub.devices.items()}
+        converged = all(
+            seqs[d.device_id] == d.record.manifest_seq for d in self.devices if d.device_id in seqs
+        )
+        return seqs if converged and len(seqs) == len(self.devices) else None
+
+    async def _rollout_finished(self) -> bool:
+        """No rollout planned, or it is in a final state with no job still active."""
+        if self.scenario.rollout is None or self.rollout_error:
+            return True
+        if self.rollout is None:
+            return False  # not started yet
+        try:
+            state = await self.api.get(
+                f"/firmware/rollouts/{self.rollout.rollout_id}", retry_for=10.0
+            )
+        except HubApiError as exc:
+            log.warning("rollout progress unavailable: %s", exc)
+            return False  # asked again on the next settle check
+        active = sum(n for job, n in state["counts"].items() if job in ACTIVE_JOB_STATES)
+        return state["state"] in FINAL_ROLLOUT_STATES and active == 0
+
+    async def _start_rollout(self, fleet: provision.Fleet) -> None:
+        plan = self.scenario.rollout
+        assert plan is not None
+        at = round(time.monotonic() - self.t0, 2)
+        payload = rollouts.image(plan, self.scenario.seed, fleet.class_uuid)
+        try:
+            self.rollout = await rollouts.start(self.api, fleet, plan, payload)
+        except Exception as exc:  # any failure here is a finding, never only a log line
+            log.exception("the rollout could not be started")
+            self.rollout_error = f"{type(exc).__name__}: {exc}"
+            self.stats.rollout = {"at": at, "error": self.rollout_error}
+            self.recorder.event(at, f"rollout not started: {exc}")
+            return
+        self.stats.rollout = {
+            "at": at,
+            "package_id": self.rollout.package_id,
+            "rollout_id": self.rollout.rollout_id,
+            "image_bytes": len(payload),
+            "gated": plan.gated,
+            "waves": list(plan.waves),
+            "target_count": self.rollout.target_count,
+            "skipped": self.rollout.skipped,
+        }
+        self.recorder.event(
+            at, f"rollout started: {self.rollout.target_count} devices in {len(plan.waves)} waves"
+        )
+
+    def _firmware_scope(self) -> FirmwareScope | None:
+        """The run's class and the hub's firmware anchor (from a device's trust store)."""
+        fleet = self.fleet
+        trusted = next(
+            (d.session.trust for d in self.devices if d.session and d.session.trust), None
+        )
+        if fleet is None or trusted is None:
+            return None
+        return FirmwareScope(
+            class_id=fleet.class_id,
+            vendor_uuid=fleet.vendor_uuid,
+            class_uuid=fleet.class_uuid,
+            keys=firmware_keys(trusted.state),
+        )
 
     async def _finish(self) -> CheckResult:
         self.progress("check", 0, 2, "stopping devices")
@@ -387,13 +484,21 @@ class _Run:
         for d in self.devices:
             if d.session is not None:
                 d.record.usage_buffered_at_end = parts.buffered(d.session.components)
+            d.record_firmware()
         self.progress("check", 1, 2, "fetching the hub's account")
-        hub = await hubstate.fetch(self.api, [d.device_id for d in self.devices if d.device_id])
+        hub = await hubstate.fetch(
+            self.api, [d.device_id for d in self.devices if d.device_id], self._firmware_scope()
+        )
         facts = RunFacts(
             lease_seconds=self.scenario.hub.manifest_lease_seconds,
             revoked_at=self.revoked_at,
             metering_available=any(d.meter is not None for d in self.devices),
             firmware_available=any(d.firmware is not None for d in self.devices),
+            rollout_planned=self.scenario.rollout is not None,
+            rollout_started=self.rollout is not None,
+            rollout_error=self.rollout_error,
+            settled_seqs=self.settled_seqs,
+            hub_problems=tuple(self.hub_problems),
         )
         result = check(self.recorder.devices, hub, facts)
         self.progress("check", 2, 2, f"{len(result.violations)} violation(s)")
@@ -479,7 +584,10 @@ class _Run:
         if fault.kind == "hub_kill":
             await self.env.hub_kill(fault.down_seconds)
         elif fault.kind == "broker_restart":
-            await self.env.broker_restart(fault.down_seconds)
+            problem = await self.env.broker_restart(fault.down_seconds)
+            if problem is not None:
+                entry["problem"] = problem
+                self.hub_problems.append(f"broker_restart @{fault.at:g}s: {problem}")
         elif fault.kind == "agent_crash":
             victims = self.rng.sample(
                 self.devices, max(1, round(fault.fraction * len(self.devices)))

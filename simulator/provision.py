@@ -5,7 +5,16 @@ key get their Ed25519 public keys registered in the same import); one batch
 claim token per token-claiming group; one product with a flag (``premium``), a
 limit (``max_users``) and a metered feature (``api_calls``); one customer
 account with one perpetual entitlement per group, activated on each of the
-group's devices.
+group's devices. A scenario with a rollout also gets a "firmware care"
+product (flag ``ota``) that gated firmware requires, sold to every group with
+``firmware_entitled`` (the others must never be offered gated firmware).
+
+Calls that may be retried across a hub restart (activations, revocations,
+and those of :mod:`simulator.rollout`) treat "already applied" as done: a
+request whose answer was lost may have been committed. The creations of the
+sale (products, features, the account, entitlements) are looked up before
+they are sent again (:meth:`~simulator.hubapi.HubApi.post_once`): a lost
+answer never creates a second entitlement or trips over a duplicate SKU.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from simulator.hubapi import HubApi, HubApiError
 from simulator.scenario import Scenario
 
 IMPORT_CHUNK = 1_000
+OTA_FEATURE = "ota"
 METERED_CAP = 1_000_000
 
 
@@ -42,6 +52,8 @@ class Fleet:
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)  # serial -> key
     entitlements: dict[str, str] = field(default_factory=dict)  # group -> entitlement id
     limit: int = 5
+    ota_product_id: str = ""  # the product gated firmware requires ('' without a rollout)
+    ota_entitlements: dict[str, str] = field(default_factory=dict)  # group -> entitlement id
 
 
 def serials(scenario: Scenario) -> dict[str, list[str]]:
@@ -116,9 +128,7 @@ async def _import(api: HubApi, fleet: Fleet, rows: list[tuple[str, str]]) -> Non
 
 async def sell(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
     """Product, features, account and one perpetual entitlement per group."""
-    product = await api.post(
-        "/products", {"sku": f"SIM-{uuid.uuid4().hex[:8].upper()}", "name": "Simulated Pro"}
-    )
+    product = await _product(api, f"SIM-{uuid.uuid4().hex[:8].upper()}", "Simulated Pro")
     fleet.product_id = product["id"]
     for body in (
         {"key": "premium", "kind": "flag"},
@@ -131,33 +141,90 @@ async def sell(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
             "overage": "flag",
         },
     ):
-        feature = await api.post(f"/products/{fleet.product_id}/features", body)
+        feature = await _feature(api, fleet.product_id, body)
         fleet.features[feature["key"]] = feature["id"]
-    account = await api.post("/accounts", {"name": f"Sim Customer {uuid.uuid4().hex[:6]}"})
+    name = f"Sim Customer {uuid.uuid4().hex[:6]}"
+    account = await api.post_once(
+        "/accounts", {"name": name}, lambda: _find(api, "/accounts", {}, name=name)
+    )
     fleet.account_id = account["id"]
     for group in scenario.groups:
-        entitlement = await api.post(
-            "/entitlements",
-            {
-                "account_id": fleet.account_id,
-                "product_id": fleet.product_id,
-                "license_model": "perpetual",
-                "quantity": len(fleet.groups[group.name]),
-            },
+        fleet.entitlements[group.name] = await _entitlement(
+            api, fleet, fleet.product_id, len(fleet.groups[group.name]), fleet.entitlements
         )
-        fleet.entitlements[group.name] = entitlement["id"]
+    if scenario.rollout is not None and scenario.rollout.gated:
+        await _sell_firmware_care(api, scenario, fleet)
+
+
+async def _sell_firmware_care(api: HubApi, scenario: Scenario, fleet: Fleet) -> None:
+    """The product gated firmware requires, sold to the groups entitled to firmware."""
+    product = await _product(api, f"SIM-OTA-{uuid.uuid4().hex[:8].upper()}", "Firmware care")
+    fleet.ota_product_id = product["id"]
+    await _feature(api, fleet.ota_product_id, {"key": OTA_FEATURE, "kind": "flag"})
+    for group in scenario.groups:
+        if not group.firmware_entitled:
+            continue
+        fleet.ota_entitlements[group.name] = await _entitlement(
+            api, fleet, fleet.ota_product_id, len(fleet.groups[group.name]), fleet.ota_entitlements
+        )
+
+
+async def _product(api: HubApi, sku: str, name: str) -> Any:
+    body = {"sku": sku, "name": name}
+    return await api.post_once("/products", body, lambda: _find(api, "/products", {}, sku=sku))
+
+
+async def _feature(api: HubApi, product_id: str, body: dict[str, Any]) -> Any:
+    path = f"/products/{product_id}/features"
+    return await api.post_once(path, body, lambda: _find(api, path, {}, key=body["key"]))
+
+
+async def _entitlement(
+    api: HubApi, fleet: Fleet, product_id: str, quantity: int, known: dict[str, str]
+) -> str:
+    """A perpetual entitlement of the fleet's account; ``known``: those already created.
+
+    Created one at a time, so the one of the account and product that is not
+    known yet is the lost answer's.
+    """
+    body = {
+        "account_id": fleet.account_id,
+        "product_id": product_id,
+        "license_model": "perpetual",
+        "quantity": quantity,
+    }
+
+    async def find() -> Any | None:
+        listed = await api.all_pages(
+            "/entitlements", {"account_id": fleet.account_id, "product_id": product_id}
+        )
+        return next((e for e in listed if e["id"] not in known.values()), None)
+
+    created = await api.post_once("/entitlements", body, find)
+    return str(created["id"])
+
+
+async def _find(api: HubApi, path: str, params: dict[str, Any], **match: Any) -> Any | None:
+    """The first item of a listing whose fields equal ``match`` (``None``: there is none)."""
+    for item in await api.all_pages(path, params):
+        if all(item.get(k) == v for k, v in match.items()):
+            return item
+    return None
 
 
 async def activate(api: HubApi, fleet: Fleet, group: str) -> None:
-    """Activate the group's entitlement on each of its devices.
+    """Activate the group's entitlements (and firmware care, if it has it) on its devices.
 
     A request retried across a hub restart may find its first attempt applied:
     ``409 already_activated`` then means done.
     """
-    entitlement = fleet.entitlements[group]
-    await api.gather(
-        _activate_once(api, entitlement, fleet.device_ids[serial]) for serial in fleet.groups[group]
-    )
+    for entitlement in (fleet.entitlements[group], fleet.ota_entitlements.get(group)):
+        if entitlement is None:
+            continue
+        await api.gather(
+            _activate_once(api, entitlement, fleet.device_ids[serial])
+            for serial in fleet.groups[group]
+        )
 
 
 async def _activate_once(api: HubApi, entitlement: str, device_id: str) -> None:
@@ -180,6 +247,18 @@ async def change_limit(api: HubApi, fleet: Fleet) -> int:
 
 
 async def revoke(api: HubApi, fleet: Fleet, group: str) -> Any:
-    """Revoke the group's entitlement."""
+    """Revoke the group's entitlement.
+
+    Retried across a hub restart, the revocation may have been applied:
+    ``409 invalid_state`` on an entitlement that is ``revoked`` means done.
+    """
     entitlement = fleet.entitlements[group]
-    return await api.post(f"/entitlements/{entitlement}/revoke", {"reason": "simulated churn"})
+    try:
+        return await api.post(f"/entitlements/{entitlement}/revoke", {"reason": "simulated churn"})
+    except HubApiError as exc:
+        if exc.status != 409:
+            raise
+        current = await api.get(f"/entitlements/{entitlement}")
+        if current["status"] != "revoked":
+            raise
+        return current

@@ -13,18 +13,53 @@ enabled) instead of a log of every check.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols import topics
+from protocols import cose, suit, topics
 from protocols.errors import ProtocolError
+from protocols.firmware_messages import FirmwareOffer
 from protocols.messages import decode_message
+
+log = logging.getLogger(__name__)
 
 UsageKey = tuple[int, int]
 """A usage record's idempotency key within its device: ``(boot_epoch, seq)``."""
 
 BILLABLE_CODES = frozenset({"stored", "duplicate", "conflict"})
 """Ack codes after which the hub holds (and bills) the key's first content."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareScope:
+    """Which firmware is the run's, and the key its envelopes must verify under."""
+
+    class_id: str
+    vendor_uuid: str
+    class_uuid: str
+    keys: Sequence[cose.CoseKey]
+
+
+def envelope_image(envelope: bytes, scope: FirmwareScope) -> str:
+    """The image digest (hex) a SUIT envelope names, if it verifies under ``scope``; else ``""``.
+
+    Only a verified envelope is the hub's word: an unsigned one names nothing.
+    """
+    try:
+        manifest, _ = suit.verify_envelope(
+            envelope,
+            scope.keys,
+            expected_vendor=scope.vendor_uuid,
+            expected_class=scope.class_uuid,
+            state=suit.SuitState(),
+        )
+    except ProtocolError as exc:
+        log.warning("an envelope does not verify under the hub's firmware anchor: %s", exc)
+        return ""
+    return manifest.image_digest.hex() if manifest.image_digest else ""
 
 
 @dataclass(slots=True)
@@ -69,7 +104,14 @@ class DeviceRecord:
     errors: dict[str, int] = field(default_factory=dict)
     foreign_received: list[str] = field(default_factory=list)
     attacks: dict[str, int] = field(default_factory=dict)
-    firmware: list[dict[str, Any]] = field(default_factory=list)
+    firmware_entitled: bool = True  # its group holds the gated package's entitlement
+    firmware_original: str = ""  # hex SHA-256 of the image it was built with
+    firmware_running: str = ""  # hex SHA-256 of the image it runs at the end ('' unknown)
+    firmware_unreadable: str = ""  # why its running image could not be read at the end
+    firmware_offers: dict[str, float] = field(default_factory=dict)  # job id -> first seen
+    # job id -> image digest its offer's envelope names, verified ('' did not verify)
+    firmware_offer_images: dict[str, str] = field(default_factory=dict)
+    stopped_at: float | None = None  # real time its stop (goodbye, disconnect) began
 
 
 class Recorder:
@@ -79,6 +121,8 @@ class Recorder:
         self.devices: dict[str, DeviceRecord] = {}
         self.planted: dict[str, str] = {}  # payload digest -> the attacker's serial
         self.events: list[tuple[float, str]] = []
+        self.firmware_scope: FirmwareScope | None = None  # set once the hub's anchor is known
+        self._envelopes: dict[str, str] = {}  # envelope digest -> image digest it names
 
     def add(self, serial: str, group: str, skew: int, malicious: tuple[str, ...]) -> DeviceRecord:
         """Register a device before it starts."""
@@ -95,7 +139,11 @@ class Recorder:
         self.planted[_digest(payload)] = serial
 
     def sent(self, record: DeviceRecord, topic: str, payload: bytes) -> None:
-        """A publish the device made (after the broker acknowledged it)."""
+        """A publish the device makes, noted as it is handed to the transport.
+
+        Not after the broker's acknowledgement: a publish cut short by a
+        dropped link may still have reached the broker and been stored.
+        """
         if not topic.endswith("/up/usage"):
             return
         try:
@@ -115,6 +163,9 @@ class Recorder:
         if not _own_topic(record.device_id, topic) or planter not in (None, record.serial):
             record.foreign_received.append(topic)
             return
+        if topic.endswith("/down/firmware"):
+            self._firmware(record, payload)
+            return
         if not topic.endswith("/down/usage_ack") and not topic.endswith("/down/error"):
             return
         try:
@@ -127,6 +178,26 @@ class Recorder:
             return
         for result in getattr(message, "results", ()) or ():
             record.usage_acks[(int(result[0]), int(result[1]))] = str(result[2])
+
+    def _firmware(self, record: DeviceRecord, payload: bytes) -> None:
+        try:
+            message = decode_message(payload)
+        except ProtocolError:
+            return
+        if isinstance(message, FirmwareOffer):
+            record.firmware_offers.setdefault(message.job_id, time.time())
+            record.firmware_offer_images.setdefault(
+                message.job_id, self._offered_image(message.envelope)
+            )
+
+    def _offered_image(self, envelope: bytes) -> str:
+        """The image an offer's envelope names (verified once per distinct envelope)."""
+        if self.firmware_scope is None:
+            return ""
+        key = _digest(envelope)
+        if key not in self._envelopes:
+            self._envelopes[key] = envelope_image(envelope, self.firmware_scope)
+        return self._envelopes[key]
 
     def feature_check(
         self,

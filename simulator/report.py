@@ -7,6 +7,11 @@ JSON shape (docs/simulator.md, "Report")::
      "usage": {"generated", "sent", "acknowledged", "billed", "lost", "duplicated",
                "unexpected", "unacknowledged", "resent", "ack_codes"},
      "manifests": {"converged": int, "total": int},
+     "firmware": {"offered", "confirmed", "reverted", "failed", "timed_out",
+                  "unentitled_offered", "devices_on_new_image",
+                  "devices_on_original_image", "rollouts": [{"id", "state", "reason", "jobs"}]},
+     "rollout": {"at", "package_id", "rollout_id", "image_bytes", "gated", "waves",
+                 "target_count", "skipped"},
      "violations": [{"kind", "device", "detail"}, ...],
      "skipped": [str, ...],
      "scale": {"online_seconds", "connects_per_second", "memory_per_device_kib", ...},
@@ -36,6 +41,8 @@ def to_json(outcome: RunOutcome) -> dict[str, Any]:
         "devices": result.devices,
         "usage": result.usage.to_json(),
         "manifests": {"converged": result.converged, "total": result.devices},
+        "firmware": result.firmware.to_json(),
+        "rollout": stats.rollout,
         "violations": [v.to_json() for v in result.violations],
         "skipped": result.skipped,
         "scale": {
@@ -111,6 +118,25 @@ def write(path: Path, report: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _firmware_rows(table: Table, report: dict[str, Any], mark: dict[bool, str]) -> None:
+    firmware, rollout = report["firmware"], report["rollout"]
+    if not rollout:
+        return
+    if "error" in rollout:
+        table.add_row("rollout", "not started", mark[False])
+        return
+    table.add_row("rollout targets", str(rollout["target_count"]), "")
+    for name in ("offered", "confirmed", "reverted", "failed", "timed_out"):
+        table.add_row(f"firmware {name}", str(firmware[name]), "")
+    table.add_row(
+        "firmware unentitled offered",
+        str(firmware["unentitled_offered"]),
+        mark[firmware["unentitled_offered"] == 0],
+    )
+    for entry in firmware["rollouts"]:
+        table.add_row(f"rollout {entry['id'][:8]}", entry["state"], "")
+
+
 def print_summary(report: dict[str, Any], console: Console) -> None:
     """The summary table at the end of a run."""
     usage, manifests = report["usage"], report["manifests"]
@@ -129,12 +155,15 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         table.add_row(f"usage {name}", f"{usage[name]:,}", "")
     for name in ("lost", "duplicated", "unexpected"):
         table.add_row(f"usage {name}", f"{usage[name]:,}", mark[usage[name] == 0])
+    _firmware_rows(table, report, mark)
     scale = report["scale"]
     table.add_row("claims/s (ramp)", f"{scale['claims_per_second']:,.0f}", "")
     table.add_row("connects/s (ramp)", f"{scale['connects_per_second']:,.0f}", "")
     table.add_row("memory per device", f"{scale['memory_per_device_kib']:,.0f} KiB", "")
     for fault in report["faults"]:
         state = f"skipped: {fault['skipped']}" if "skipped" in fault else "done"
+        if "problem" in fault:
+            state = "done, but the hub ignored SIGTERM"
         table.add_row(f"fault {fault['kind']} @{fault['at']:g}s", state, "")
     for name, count in report["attacks"].items():
         table.add_row(f"attack {name}", str(count), "")

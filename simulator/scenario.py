@@ -27,6 +27,11 @@ hub starts, with the offending key named::
     at = 10
     kind = "feature_change"        # feature_change | revoke_group
 
+    [rollout]                      # upload a gated firmware package, roll it out in waves
+    at = 5
+    image_kib = 64
+    waves = [25, 75]               # percent of the targets per wave
+
 See docs/simulator.md for every key.
 """
 
@@ -45,6 +50,7 @@ CLAIM_METHODS = ("token", "key")
 MALICIOUS = ("replay_manifest", "foreign_usage", "probe_topics", "oversize", "malformed")
 FAULT_KINDS = ("hub_kill", "broker_restart", "agent_crash", "network_stall")
 ACTION_KINDS = ("feature_change", "revoke_group")
+FAILURE_ACTIONS = ("pause", "abort")
 
 UsageProfile = Literal["none", "steady", "bursty", "daily"]
 Connectivity = Literal["always", "flaky", "offline"]
@@ -71,6 +77,8 @@ class Group:
         offline_every_seconds: Time from the start of one stretch to the next.
         clock_skew_seconds: Added to the device's clock (negative: behind).
         firmware_failure: The device fails firmware health checks.
+        firmware_entitled: The group holds the entitlement a gated firmware
+            package requires (``false``: it must never be offered the package).
         malicious: Attacks the device tries (see :data:`MALICIOUS`).
         through_proxy: Connect through the simulator's stall proxy (set
             automatically for groups a ``network_stall`` fault targets).
@@ -87,6 +95,7 @@ class Group:
     offline_every_seconds: float = 45.0
     clock_skew_seconds: int = 0
     firmware_failure: bool = False
+    firmware_entitled: bool = True
     malicious: tuple[str, ...] = ()
     through_proxy: bool = False
 
@@ -132,6 +141,29 @@ class HubOptions:
     manifest_lease_seconds: int = 3 * 86_400
     manifest_renew_before_seconds: int = 86_400
     presence_stale_seconds: int = 30
+    billing_grace_seconds: int | None = None  # None: the hub's default
+    billing_job_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPlan:
+    """A firmware rollout the run starts through the REST API at ``at`` seconds.
+
+    A random image of ``image_kib`` KiB is uploaded for the run's device class
+    (gated on the run's firmware-care product when ``gated``), then rolled out
+    to the class in ``waves`` (percent of the targets each) with the success
+    criterion, failure threshold and device time-out given (docs/firmware.md §6).
+    """
+
+    at: float = 3.0
+    image_kib: int = 64
+    gated: bool = True
+    waves: tuple[int, ...] = (25, 75)
+    success_percent: int = 80
+    failure_percent: int = 50
+    failure_min_sample: int = 5
+    failure_action: str = "pause"
+    device_timeout_seconds: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +190,15 @@ class Scenario:
     groups: tuple[Group, ...] = (Group("devices"),)
     faults: tuple[Fault, ...] = ()
     actions: tuple[Action, ...] = ()
+    rollout: RolloutPlan | None = None
 
     def with_overrides(
         self, *, devices: int | None = None, duration: float | None = None
     ) -> Scenario:
         """A copy with the command line's ``--devices`` / ``--duration``.
 
-        Faults and actions scheduled after a shortened duration are dropped.
+        Faults and actions scheduled after a shortened duration are dropped; a
+        rollout scheduled after it starts with the run instead.
         """
         changed = self
         if devices is not None:
@@ -174,11 +208,15 @@ class Scenario:
         if duration is not None:
             if duration <= 0:
                 raise ScenarioError("--duration must be positive")
+            rollout = changed.rollout
+            if rollout is not None and rollout.at >= duration:
+                rollout = replace(rollout, at=0.0)  # still rolled out, at the start
             changed = replace(
                 changed,
                 duration_seconds=duration,
                 faults=tuple(f for f in changed.faults if f.at < duration),
                 actions=tuple(a for a in changed.actions if a.at < duration),
+                rollout=rollout,
             )
         return changed
 
@@ -293,14 +331,41 @@ def parse(raw: Mapping[str, Any]) -> Scenario:
                 "manifest_renew_before_seconds", 86_400, 1, 10**8
             ),
             presence_stale_seconds=hub.integer("presence_stale_seconds", 30, 1, 86_400),
+            billing_grace_seconds=hub.optional_integer("billing_grace_seconds", 0, 10**8),
+            billing_job_seconds=hub.optional_integer("billing_job_seconds", 1, 10**8),
         ),
         groups=groups,
         faults=tuple(sorted(faults, key=lambda f: f.at)),
         actions=tuple(sorted(actions, key=lambda a: a.at)),
+        rollout=_rollout(top.optional_table("rollout")),
     )
     hub.done()
     top.done()
+    if scenario.rollout is not None and not scenario.firmware:
+        raise ScenarioError("scenario.rollout needs firmware = true (devices to update)")
     return scenario
+
+
+def _rollout(raw: Mapping[str, Any] | None) -> RolloutPlan | None:
+    if raw is None:
+        return None
+    t = _Table(raw, "rollout")
+    waves = t.integers("waves", [25, 75], 1, 100)
+    if not waves or sum(waves) > 100:
+        raise ScenarioError("rollout.waves: 1 or more percentages adding up to at most 100")
+    plan = RolloutPlan(
+        at=t.number("at", 3.0, 0.0, 86_400.0),
+        image_kib=t.integer("image_kib", 64, 1, 28 * 1024),
+        gated=t.boolean("gated", True),
+        waves=tuple(waves),
+        success_percent=t.integer("success_percent", 80, 1, 100),
+        failure_percent=t.integer("failure_percent", 50, 0, 100),
+        failure_min_sample=t.integer("failure_min_sample", 5, 1, 100_000),
+        failure_action=t.choice("failure_action", "pause", FAILURE_ACTIONS),
+        device_timeout_seconds=t.integer("device_timeout_seconds", 60, 30, 30 * 86_400),
+    )
+    t.done()
+    return plan
 
 
 def _group(t: _Table) -> Group:
@@ -320,6 +385,7 @@ def _group(t: _Table) -> Group:
         offline_every_seconds=t.number("offline_every_seconds", 45.0, 2.0, 86_400.0),
         clock_skew_seconds=t.integer("clock_skew_seconds", 0, -(10**8), 10**8),
         firmware_failure=t.boolean("firmware_failure", False),
+        firmware_entitled=t.boolean("firmware_entitled", True),
         malicious=tuple(malicious),
         through_proxy=t.boolean("through_proxy", False),
     )
@@ -358,6 +424,7 @@ def _action(t: _Table, groups: list[str]) -> Action:
 
 
 _MISSING = object()
+_ABSENT = object()  # a default meaning "not given" (None means "required" to _get)
 
 
 class _Table:
@@ -384,6 +451,14 @@ class _Table:
 
     def table(self, key: str) -> Mapping[str, Any]:
         value = self._get(key, {})
+        if not isinstance(value, Mapping):
+            raise ScenarioError(f"{self.where}.{key} must be a table")
+        return value
+
+    def optional_table(self, key: str) -> Mapping[str, Any] | None:
+        value = self._get(key, _ABSENT)
+        if value is _ABSENT:
+            return None
         if not isinstance(value, Mapping):
             raise ScenarioError(f"{self.where}.{key} must be a table")
         return value
@@ -422,6 +497,20 @@ class _Table:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ScenarioError(f"{self.where}.{key} must be an integer in {low}..{high}")
+        return value
+
+    def optional_integer(self, key: str, low: int, high: int) -> int | None:
+        if self.raw.get(key, _MISSING) is _MISSING:
+            self.used.add(key)
+            return None
+        return self.integer(key, None, low, high)
+
+    def integers(self, key: str, default: list[int], low: int, high: int) -> list[int]:
+        value = self._get(key, default)
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        ):
+            raise ScenarioError(f"{self.where}.{key} must be a list of integers in {low}..{high}")
         return value
 
     def number(self, key: str, default: float | None, low: float, high: float) -> float:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from simulator.checker import TICK_TOLERANCE, HubDevice, HubState, RunFacts, check
+from simulator.fwcheck import HubRollout
 from simulator.recorder import DeviceRecord, FeatureSeen, Recorder
 
 
@@ -32,7 +35,9 @@ def clean_run() -> tuple[dict[str, DeviceRecord], HubState]:
     return records, hub
 
 
-FACTS = RunFacts(lease_seconds=120, metering_available=True, firmware_available=True)
+FACTS = RunFacts(
+    lease_seconds=120, metering_available=True, firmware_available=True, rollout_started=True
+)
 
 
 def kinds(result) -> list[str]:
@@ -170,9 +175,57 @@ def test_traffic_from_outside_the_own_subtree_is_a_breach() -> None:
 
 def test_unsettled_rollouts_are_violations_and_missing_apis_are_skipped() -> None:
     records, hub = clean_run()
-    busy = HubState(hub.devices, hub.usage_records, [{"id": "r1", "state": "running"}])
+    busy = HubState(hub.devices, hub.usage_records, [HubRollout("r1", "p1", "running")])
     assert kinds(check(records, busy, FACTS)) == ["rollout_unsettled"]
     bare = HubState(hub.devices, None, None)
     result = check(records, bare, RunFacts(lease_seconds=120))
     assert result.ok
     assert len(result.skipped) == 4  # usage API, metering, rollouts, firmware: never "passed"
+
+
+def test_only_a_manifest_issued_after_the_device_stopped_excuses_a_stale_one() -> None:
+    records, hub = clean_run()
+    records["B"].stopped_at = 1_000.0
+    renewed = HubDevice("dev-b", "B", "claimed", 4, manifest_issued_at=1_000.5)
+    later = HubState({**hub.devices, "dev-b": renewed}, hub.usage_records, [])
+    settled = replace(FACTS, settled_seqs={"dev-a": 3, "dev-b": 3})
+    result = check(records, later, settled)
+    assert result.ok and result.converged == 2
+    # issued while the device was still connected (after the settle check, before its
+    # stop): it should have reached it
+    early = HubDevice("dev-b", "B", "claimed", 4, manifest_issued_at=999.0)
+    stale = HubState({**hub.devices, "dev-b": early}, hub.usage_records, [])
+    assert kinds(check(records, stale, settled)) == ["stale_manifest"]
+    # no successful settle check, or no stop recorded: nothing is excused
+    assert kinds(check(records, later, replace(settled, settled_seqs={}))) == ["stale_manifest"]
+    records["B"].stopped_at = None
+    assert kinds(check(records, later, settled)) == ["stale_manifest"]
+
+
+def test_a_device_ahead_of_the_hub_or_behind_the_settle_check_is_never_excused() -> None:
+    records, hub = clean_run()
+    records["B"].stopped_at = 1_000.0
+    renewed = HubDevice("dev-b", "B", "claimed", 5, manifest_issued_at=1_001.0)
+    later = HubState({**hub.devices, "dev-b": renewed}, hub.usage_records, [])
+    settled = replace(FACTS, settled_seqs={"dev-a": 3, "dev-b": 3})
+    records["B"].manifest_seq = 99  # ahead of the hub's 5
+    result = check(records, later, settled)
+    assert kinds(result) == ["stale_manifest"]
+    assert "seq 99" in result.violations[0].detail
+    records["B"].manifest_seq = 2  # behind what the settle check saw it converge on
+    assert kinds(check(records, later, settled)) == ["stale_manifest"]
+    records["B"].manifest_seq = 3
+    assert check(records, later, settled).ok
+    # the hub's latest is not newer than what settled: an equal or older number is stale
+    same = HubDevice("dev-b", "B", "claimed", 2, manifest_issued_at=1_001.0)
+    assert kinds(check(records, HubState({**hub.devices, "dev-b": same}), settled)) == [
+        "stale_manifest"
+    ]
+
+
+def test_a_hub_that_would_not_stop_is_a_violation() -> None:
+    records, hub = clean_run()
+    facts = replace(FACTS, hub_problems=("broker_restart @50s: hub ignored SIGTERM: killed",))
+    result = check(records, hub, facts)
+    assert kinds(result) == ["hub_stop_hung"]
+    assert "SIGTERM" in result.violations[0].detail

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -39,21 +40,28 @@ def _backends() -> list[tuple[str, str]]:
     return found
 
 
+BackendArgs = Callable[[], list[str]]
+"""Each call: the command line for one run, on a fresh database where one is used."""
+
+
 @pytest.fixture(params=_backends(), ids=lambda b: f"{b[0]}+{b[1]}")
 def backend_args(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[list[str]]:
+) -> Iterator[BackendArgs]:
     broker, database = request.param
     if broker == "mosquitto":
         monkeypatch.setenv("FLEET_SIM_MOSQUITTO", str(mosquitto_binary()))
     args = ["--broker", broker]
-    if database == "postgresql":
-        base = postgres_url()
-        assert base is not None
-        with fresh_schema(base) as url:
-            yield [*args, "--database-url", url]
-    else:
-        yield args
+    with ExitStack() as schemas:
+
+        def fresh() -> list[str]:
+            if database != "postgresql":
+                return list(args)  # each run's hub gets its own temporary SQLite file
+            base = postgres_url()
+            assert base is not None
+            return [*args, "--database-url", schemas.enter_context(fresh_schema(base))]
+
+        yield fresh
 
 
 def _run(args: list[str], report: Path) -> tuple[int, dict[str, object], str]:
@@ -65,25 +73,29 @@ def _run(args: list[str], report: Path) -> tuple[int, dict[str, object], str]:
     return result.exit_code, data, output
 
 
-def _run_faults(args: list[str], tmp_path: Path) -> tuple[int, dict[str, object], str]:
+def _run_faults(
+    scenario: list[str], backend: BackendArgs, tmp_path: Path
+) -> tuple[int, dict[str, object], str]:
     """The fault scenario; run again once if the first run could not even finish.
 
     Exit status 2 means the run never got to the checker (the environment failed,
     e.g. a restarted broker's port still held under a loaded CI machine); it is
-    reported and retried once. A violated invariant (exit 1) is never retried.
+    reported and retried once, on a fresh database (a PostgreSQL schema the
+    first run already wrote to is never reused). A violated invariant (exit 1)
+    is never retried.
     """
-    code, report, output = _run(args, tmp_path / "report.json")
+    code, report, output = _run([*scenario, *backend()], tmp_path / "report.json")
     if code == 2 and not report:
         warnings.warn(f"fleet-sim run could not finish, retried once:\n{output}", stacklevel=2)
-        code, report, output = _run(args, tmp_path / "report-retry.json")
+        code, report, output = _run([*scenario, *backend()], tmp_path / "report-retry.json")
     return code, report, output
 
 
 def test_short_run_with_faults_keeps_every_invariant(
-    backend_args: list[str], tmp_path: Path
+    backend_args: BackendArgs, tmp_path: Path
 ) -> None:
     code, report, output = _run_faults(
-        ["--scenario", str(HERE / "faults.toml"), *backend_args], tmp_path
+        ["--scenario", str(HERE / "faults.toml")], backend_args, tmp_path
     )
     assert report, output
     assert report["violations"] == [], output
@@ -103,6 +115,20 @@ def test_short_run_with_faults_keeps_every_invariant(
     assert usage["sent"] > 0 and usage["acknowledged"] > 0, usage  # type: ignore[index]
     assert (usage["lost"], usage["duplicated"], usage["unexpected"]) == (0, 0, 0)  # type: ignore[index]
     assert report["hub_exit_status"] == 0
+    _assert_rollout(report)
+
+
+def _assert_rollout(report: dict[str, object]) -> None:
+    """The gated rollout ran through the hub kill and ended consistent (the checker agreed)."""
+    rollout, firmware = report["rollout"], report["firmware"]
+    assert rollout["skipped"] == {"not_entitled": 1}, rollout  # type: ignore[index]
+    assert rollout["target_count"] == 19  # type: ignore[index]
+    assert firmware["unentitled_offered"] == 0  # type: ignore[index]
+    assert firmware["confirmed"] >= 10, firmware  # type: ignore[index]
+    assert firmware["devices_on_new_image"] == firmware["confirmed"]  # type: ignore[index]
+    (final,) = firmware["rollouts"]  # type: ignore[index]
+    assert final["state"] in ("completed", "paused"), final
+    assert not any("firmware" in s or "rollout" in s for s in report["skipped"])  # type: ignore[attr-defined]
 
 
 def test_a_violated_invariant_fails_the_run(tmp_path: Path) -> None:
@@ -113,3 +139,35 @@ def test_a_violated_invariant_fails_the_run(tmp_path: Path) -> None:
     kinds = {v["kind"] for v in report["violations"]}  # type: ignore[union-attr]
     assert kinds == {"stale_manifest"}, report["violations"]
     assert report["manifests"]["converged"] == 0  # type: ignore[index]
+
+
+def test_a_retried_run_gets_a_database_of_its_own(
+    backend_args: BackendArgs, request: pytest.FixtureRequest
+) -> None:
+    """The retry of a run that could not finish never reuses the first run's schema."""
+    first, second = backend_args(), backend_args()
+    _, database = request.node.callspec.params["backend_args"]
+    if database != "postgresql":
+        # SQLite: no database is named, so each run's hub makes its own temporary one
+        # (a shared --database-url here would let a retry reuse the first run's data)
+        assert "--database-url" not in first and "--database-url" not in second
+        return
+    urls = [a[a.index("--database-url") + 1] for a in (first, second)]
+    assert all(u.startswith("postgresql") for u in urls)
+    assert urls[0] != urls[1]
+
+
+def test_a_rollout_past_its_failure_threshold_aborts_and_offers_no_one_else(
+    tmp_path: Path,
+) -> None:
+    """Half the fleet reverts: the hub aborts the rollout; the checker finds it consistent."""
+    code, report, output = _run(["--scenario", str(HERE / "abort.toml")], tmp_path / "report.json")
+    assert code == 0 and report["violations"] == [], output
+    firmware = report["firmware"]
+    (final,) = firmware["rollouts"]  # type: ignore[index]
+    assert final["state"] == "aborted", final
+    assert "failure threshold" in final["reason"]
+    assert firmware["reverted"] >= 1  # type: ignore[index]
+    # the jobs not offered before the abort were withdrawn (the checker proved none
+    # was offered after it)
+    assert "pending" not in final["jobs"], final

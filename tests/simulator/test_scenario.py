@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from simulator import scenario
+from simulator.environment import hub_env
 from simulator.scenario import ScenarioError, parse
 
 HERE = Path(__file__).parent
@@ -33,9 +34,9 @@ def test_test_scenarios_load() -> None:
 
 
 def test_group_sizes_share_by_weight_and_add_up() -> None:
-    chosen = scenario.load("chaos").with_overrides(devices=200)
+    chosen = scenario.load("chaos").with_overrides(devices=160)  # weights add up to 16
     sizes = chosen.group_sizes()
-    assert sum(sizes.values()) == 200
+    assert sum(sizes.values()) == 160
     assert sizes["steady"] == 2 * sizes["bursty"]
     assert min(sizes.values()) >= 1
     tiny = chosen.with_overrides(devices=len(chosen.groups))
@@ -96,3 +97,44 @@ def test_unknown_names_and_bad_files(tmp_path: Path) -> None:
         scenario.load(str(bad))
     with pytest.raises(ScenarioError, match="cannot read"):
         scenario.load(str(tmp_path / "missing.toml"))
+
+
+def test_the_rollout_table_is_validated_and_defaults_are_sensible() -> None:
+    plan = scenario.parse({"name": "r", "rollout": {"waves": [10, 90], "image_kib": 8}}).rollout
+    assert plan is not None
+    assert (plan.waves, plan.image_kib, plan.gated, plan.failure_action) == (
+        (10, 90),
+        8,
+        True,
+        "pause",
+    )
+    assert scenario.parse({"name": "r"}).rollout is None  # no table: no rollout
+    assert scenario.load("scale").rollout is None
+    for shipped in ("smoke", "chaos"):
+        assert scenario.load(shipped).rollout is not None
+        assert any(not g.firmware_entitled for g in scenario.load(shipped).groups)
+    bad = [
+        ({"rollout": {"waves": [60, 50]}}, "at most 100"),
+        ({"rollout": {"waves": []}}, "at most 100"),
+        ({"rollout": {"wave": [10]}}, "unknown key"),
+        ({"rollout": {"failure_action": "ignore"}}, "failure_action"),
+        ({"rollout": {"device_timeout_seconds": 5}}, "device_timeout_seconds"),
+        ({"rollout": {}, "firmware": False}, "needs firmware"),
+        ({"groups": [{"name": "g", "firmware_entitled": "no"}]}, "firmware_entitled"),
+    ]
+    for raw, message in bad:
+        with pytest.raises(ScenarioError, match=message):
+            scenario.parse({"name": "r", **raw})
+
+
+def test_a_shortened_run_still_rolls_out() -> None:
+    chosen = scenario.load("chaos").with_overrides(duration=5)
+    assert chosen.rollout is not None and chosen.rollout.at == 0.0
+    kept = scenario.load("smoke").with_overrides(duration=10)
+    assert kept.rollout is not None and kept.rollout.at == 3.0
+
+
+def test_billing_grace_is_passed_to_the_hub_only_when_set() -> None:
+    assert "HUB_BILLING_GRACE_SECONDS" not in hub_env(scenario.HubOptions())
+    options = scenario.parse({"name": "b", "hub": {"billing_grace_seconds": 15}}).hub
+    assert hub_env(options)["HUB_BILLING_GRACE_SECONDS"] == "15"
