@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(
             f"{bench.NAME}: project {result.project:,.1f} {result.unit}, baseline "
             f"{result.baseline:,.1f} {result.unit}, ratio {result.ratio:.3f} "
-            f"(target {result.target_ratio:g}: {'met' if result.met else 'NOT met'}) "
+            f"(target {result.target_text}: {'met' if result.met else 'NOT met'}) "
             f"[{time.monotonic() - started:.0f}s]"
         )
     try:

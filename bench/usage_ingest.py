@@ -13,11 +13,13 @@ per round so every record is new. The hub side is the real thing:
 transaction per batch) and the telemetry plugin's
 :class:`~hub.telemetry.ingest.UsageHandler` (dedup lookup, coverage, over-cap,
 gaps, bulk insert), SQLite in WAL mode, acknowledgements published after the
-commit. The clock starts at the first publish and stops when the **last
-``usage_ack`` has reached its device**, so every record counted was stored
-durably, deduplicated and acknowledged. After each round the database must
-hold exactly the round's D x M x R new rows, and the last ack must say
-``stored`` for every record, or the run fails.
+commit (one ``usage_ack`` per device per hub batch, listing the results of
+all that device's messages in the batch). The clock starts at the first
+publish and stops when the **last record key of the round has been
+acknowledged** to its device (the devices count distinct acknowledged keys,
+not ack messages), so every record counted was stored durably, deduplicated
+and acknowledged. After each round the database must hold exactly the round's
+D x M x R new rows, and every result must say ``stored``, or the run fails.
 
 **Baseline**, same broker, same run: D other devices publish the same number
 of messages of the same size (same pre-encoded batches, another boot epoch)
@@ -51,6 +53,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
+import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, insert, select
@@ -198,29 +201,55 @@ def encode_batches(device_id: str, epoch: int, shape: Shape, now: int) -> list[b
 
 
 class _SimRound:
-    """What the simulated devices count in one round."""
+    """What the simulated devices count in one round.
+
+    In ``ack`` rounds the count is of distinct record keys of the round's
+    epoch answered by ``usage_ack`` messages (the hub answers a device's
+    messages of one hub batch in one ack, so acks are not one per message);
+    in ``puback`` rounds (and for the bare subscriber) it is of messages.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.target = 0
+        self.epoch = 0
         self.count = 0
         self.last = 0.0
         self.last_ack = b""
+        self.keys: set[tuple[str, int]] = set()
+        self.odd: list[Any] = []  # results of the round that are not "stored"
 
-    def arm(self, target: int) -> None:
+    def arm(self, target: int, epoch: int = 0) -> None:
         with self.lock:
-            self.target, self.count, self.last, self.last_ack = target, 0, 0.0, b""
+            self.target, self.epoch, self.count, self.last = target, epoch, 0, 0.0
+            self.last_ack, self.keys, self.odd = b"", set(), []
             self.done.clear()
 
-    def hit(self, payload: bytes = b"") -> None:
+    def hit(self) -> None:
         with self.lock:
             self.count += 1
-            if payload:
-                self.last_ack = payload
-            if self.count == self.target:
-                self.last = time.monotonic()
-                self.done.set()
+            self._check_done()
+
+    def acked(self, device_id: str, payload: bytes) -> None:
+        # cbor2 directly (C): a full decode_message of a 1,000-result ack costs
+        # ~1 ms of this process's CPU; the parent checks the last ack's schema.
+        results = cbor2.loads(payload)[2]
+        with self.lock:
+            self.last_ack = payload
+            for epoch, seq, code in results:
+                if epoch != self.epoch:
+                    continue
+                self.keys.add((device_id, seq))
+                if code != "stored" and len(self.odd) < 10:
+                    self.odd.append([device_id, epoch, seq, code])
+            self.count = len(self.keys)
+            self._check_done()
+
+    def _check_done(self) -> None:
+        if self.count >= self.target and not self.done.is_set():
+            self.last = time.monotonic()
+            self.done.set()
 
 
 def _sim_connect(device_id: str, password: str, port: int, state: _SimRound) -> mqtt.Client:
@@ -232,7 +261,7 @@ def _sim_connect(device_id: str, password: str, port: int, state: _SimRound) -> 
     client.on_connect = lambda *_a: connected.set()
     client.on_subscribe = lambda *_a: subscribed.set()
     client.on_publish = lambda *_a: state.hit() if state_mode[0] == "puback" else None
-    client.on_message = lambda _c, _u, m: state.hit(bytes(m.payload))
+    client.on_message = lambda _c, _u, m: state.acked(device_id, bytes(m.payload))
     client.connect(HOST, port, keepalive=60)
     client.loop_start()
     if not connected.wait(30):
@@ -251,9 +280,11 @@ def _sim_main(conn: Connection, port: int, sides: dict[str, dict[str, str]], sha
 
     Commands: ``("round", side, epoch, mode)`` encodes the side's payloads for
     ``epoch`` (untimed) and answers ``("armed",)``; ``("go",)`` publishes them
-    all and answers ``("done", t_first_publish, t_last, last_ack)`` once every
-    message was acknowledged (``mode="ack"``: a ``usage_ack`` per message;
-    ``"puback"``: the broker's PUBACKs). ``("stop",)`` ends the process.
+    all and answers ``("done", t_first_publish, t_last, last_ack, odd)`` once
+    everything was acknowledged (``mode="ack"``: every record key of the round
+    answered by a ``usage_ack``, ``odd`` the first results that are not
+    ``stored``; ``"puback"``: every message's PUBACK). ``("stop",)`` ends the
+    process.
     """
     state = _SimRound()
     clients = {
@@ -272,7 +303,7 @@ def _sim_main(conn: Connection, port: int, sides: dict[str, dict[str, str]], sha
                 _, side, epoch, mode = command
                 state_mode[0] = mode
                 plan = _plan(clients, sides[side], epoch, shape)
-                state.arm(len(plan))
+                state.arm(len(plan) * (shape.records if mode == "ack" else 1), epoch)
                 conn.send(("armed",))
                 continue
             t0 = time.monotonic()
@@ -281,7 +312,7 @@ def _sim_main(conn: Connection, port: int, sides: dict[str, dict[str, str]], sha
             if not state.done.wait(600):
                 conn.send(("timeout", state.count))
                 continue
-            conn.send(("done", t0, state.last, state.last_ack))
+            conn.send(("done", t0, state.last, state.last_ack, state.odd))
     finally:
         for client in clients.values():
             client.disconnect()
@@ -320,13 +351,17 @@ class Simulator:
         self._conn.send(("round", side, epoch, mode))
         self._expect("armed", 120)
 
-    def go(self, timeout: float) -> tuple[float, float, bytes]:
-        """Publish the prepared round; ``(t_first_publish, t_last, last_ack_payload)``."""
+    def go(self, timeout: float) -> tuple[float, float, bytes, list[Any]]:
+        """Publish the prepared round.
+
+        Returns:
+            ``(t_first_publish, t_last, last_ack_payload, results_not_stored)``.
+        """
         self._conn.send(("go",))
         reply = self._recv(timeout)
         if reply[0] != "done":
             raise RuntimeError(f"simulated devices: {reply!r}")
-        return float(reply[1]), float(reply[2]), bytes(reply[3])
+        return float(reply[1]), float(reply[2]), bytes(reply[3]), list(reply[4])
 
     def stop(self) -> None:
         """Stop the process (by its own handle); kill it if it does not stop."""
@@ -360,11 +395,13 @@ class CountingRouter(InboundRouter):
         self.lock = threading.Lock()
         self.committed = 0
         self.batches = 0
+        self.cpu = 0.0  # dispatcher thread CPU seconds inside handle_batch
         self.profiler: cProfile.Profile | None = None
 
     def handle_batch(self, batch: Sequence[Inbound]) -> BatchResult:
         """Handle and commit as the hub does, then count the batch's usage messages."""
         profiler = self.profiler
+        started = time.thread_time()
         if profiler is not None:
             profiler.enable()
         try:
@@ -372,7 +409,9 @@ class CountingRouter(InboundRouter):
         finally:
             if profiler is not None:
                 profiler.disable()
+        spent = time.thread_time() - started
         with self.lock:
+            self.cpu += spent
             self.committed += sum(1 for m in batch if m.topic.endswith(_USAGE_SUFFIX))
             self.batches += 1
         return result
@@ -498,10 +537,14 @@ class UsageBench:
         self.epoch += 1
         before, committed, batches = self._stored(), self.router.committed, self.router.batches
         self.sim.round("project", self.epoch, "ack")
-        t0, t_end, last_ack = self.sim.go(self.timeout)
+        cpu, handler_cpu = time.process_time(), self.router.cpu
+        t0, t_end, last_ack, odd = self.sim.go(self.timeout)
+        cpu, handler_cpu = time.process_time() - cpu, self.router.cpu - handler_cpu
         stored = self._stored() - before
         if stored != self.shape.total_records:
             raise RuntimeError(f"{stored} records stored, expected {self.shape.total_records}")
+        if odd:
+            raise RuntimeError(f"records answered other than 'stored': {odd!r}")
         ack = decode_message(last_ack)
         if not isinstance(ack, UsageAck) or {r.code for r in ack.results} != {"stored"}:
             raise RuntimeError(f"unexpected last ack: {ack!r}")
@@ -512,6 +555,11 @@ class UsageBench:
             "records_per_second": rate(self.shape.total_records, seconds),
             "hub_batches": self.router.batches - batches,
             "messages_committed": self.router.committed - committed,
+            # This process is idle but for the hub client during the round:
+            # its CPU is the dispatcher's (router) plus paho's network thread
+            # and the publishing of the replies (the rest).
+            "hub_cpu_seconds": cpu,
+            "router_cpu_seconds": handler_cpu,
         }
         return Sample(rate(self.shape.total_records, seconds), _rounded(detail))
 
@@ -520,11 +568,14 @@ class UsageBench:
         self.epoch += 1
         self.sim.round("baseline", self.epoch, "puback")
         self.bare.arm(self.shape.total_messages)
-        t0, t_pubacks, _ = self.sim.go(self.timeout)
+        cpu = time.process_time()
+        t0, t_pubacks, _, _ = self.sim.go(self.timeout)
         t_last = self.bare.wait(self.timeout)
+        cpu = time.process_time() - cpu
         seconds = max(t_last, t_pubacks) - t0
         detail = {
             "seconds": seconds,
+            "bare_cpu_seconds": cpu,  # the bare subscriber's paho thread
             "messages_per_second": rate(self.shape.total_messages, seconds),
             "records_per_second": rate(self.shape.total_records, seconds),
         }

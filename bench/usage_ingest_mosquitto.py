@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchResult, Sample, interleave
+from bench.harness import BenchResult, Sample, interleave, median
 from bench.manifest_fanout import free_port, mosquitto_binary
 from bench.usage_ingest import (
     BARE_USER,
@@ -162,22 +162,48 @@ def measure(
     result = BenchResult(
         name=name, unit=unit, target_ratio=TARGET_RATIO, project_runs=project_runs,
         baseline_runs=baseline_runs, description=description, detail=detail,
+        # Batched: the issue's budget is the absolute figure (the bare subscriber
+        # only counts 1,000-record messages); per message it is the 0.8 ratio.
+        target_value=float(RECORDS_PER_SECOND_TARGET) if unit == UNIT else None,
     )  # fmt: skip
     _add_notes(result, shape, divisor)
     return result
 
 
 def _add_notes(result: BenchResult, shape: Shape, divisor: int) -> None:
-    """The absolute records/s target and the message rates, as notes and detail."""
+    """The shape, the budget that applies, the message rates and the CPU per round."""
     records_per_second = result.project * divisor
-    met = records_per_second >= RECORDS_PER_SECOND_TARGET
+    budget = (
+        f"target: at least {RECORDS_PER_SECOND_TARGET:,} records/s "
+        f"({'met' if result.met else 'NOT met'}: {records_per_second:,.0f})"
+        if result.target_value is not None
+        else f"target: {TARGET_RATIO:g} of the bare message rate ({result.ratio:.3f})"
+    )
     result.notes.append(
-        f"{shape.devices} devices x {shape.messages} messages x {shape.records} records per round; "
-        f"absolute target {RECORDS_PER_SECOND_TARGET:,} records/s: "
-        f"{'met' if met else 'NOT met'} ({records_per_second:,.0f})"
+        f"{shape.devices} devices x {shape.messages} messages x {shape.records} records "
+        f"per round; {budget}"
     )
     result.notes.append(
         f"messages/s: project {records_per_second / shape.records:,.1f}, "
         f"baseline {result.baseline * divisor / shape.records:,.1f} (the ratio is the same)"
     )
-    result.detail["records_per_second_target_met"] = met
+    hub_cpu = median_detail(result.project_runs, "hub_cpu_seconds")
+    bare_cpu = median_detail(result.baseline_runs, "bare_cpu_seconds")
+    hub_wall = median_detail(result.project_runs, "seconds")
+    bare_wall = median_detail(result.baseline_runs, "seconds")
+    if None in (hub_cpu, bare_cpu, hub_wall, bare_wall):
+        return
+    assert hub_cpu is not None and bare_cpu is not None  # for mypy
+    assert hub_wall is not None and bare_wall is not None
+    paced = hub_wall > 1.2 * hub_cpu and bare_wall > 1.2 * bare_cpu
+    result.notes.append(
+        f"per round (medians): hub process {hub_cpu:.3f} CPU-s in {hub_wall:.3f} s, bare "
+        f"subscriber {bare_cpu:.3f} CPU-s in {bare_wall:.3f} s"
+        + ("; both receivers had CPU to spare: the devices' publishing paced both" if paced else "")
+    )
+
+
+def median_detail(runs: list[Sample], key: str) -> float | None:
+    """The median of one numeric ``detail`` field over ``runs`` (``None`` if absent)."""
+    values = [float(run.detail[key]) for run in runs if key in run.detail]
+    return median(values) if values else None

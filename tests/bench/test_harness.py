@@ -99,6 +99,22 @@ def test_interleave_alternates_baseline_first() -> None:
         interleave(project, baseline, 0)
 
 
+def test_an_absolute_target_decides_met_and_reads_back(tmp_path: Path) -> None:
+    below, above = result(target_value=250.0), result(target_value=150.0)
+    assert below.ratio == above.ratio  # the ratio is only information then
+    assert not below.met and above.met
+    assert result(target_value=150.0, target_ratio=0.9).met  # the ratio no longer decides
+    path = tmp_path / "results.json"
+    write_json(path, [above])
+    (entry,) = json.loads(path.read_text())
+    assert entry["target_value"] == 150.0 and entry["met"] is True
+    again = BenchResult.from_json(entry)
+    assert again.target_value == 150.0 and again.met
+    text = render_markdown([below], machine=MACHINE, versions=VERSIONS, mode="full")
+    summary = next(line for line in text.splitlines() if line.startswith("| fanout |"))
+    assert summary == "| fanout | devices/s | 200.0 | 900.0 | 0.222 | ≥ 250 devices/s | NO | 3 |"
+
+
 def test_json_entries_carry_the_required_fields(tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.json"
     write_json(path, [result(detail={"devices": 10})])
