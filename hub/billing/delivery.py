@@ -16,7 +16,9 @@ Receivers must treat deliveries as at-least-once: a delivery whose answer was
 lost is sent again with the same ``X-Hub-Delivery`` id and event id.
 Redirects are not followed. Unless ``webhook_allow_private`` is set, URLs whose host
 resolves to a loopback, private, link-local or reserved address are refused
-(at each attempt) so tenants cannot make the hub call internal services.
+(at each attempt) so tenants cannot make the hub call internal services; the
+request then connects to the address that was checked, never resolving the name
+again (no DNS rebinding between the check and the connection).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -117,20 +118,54 @@ def _claim(
     return jobs
 
 
-def _public_host(url: str) -> str | None:
-    """Why ``url`` may not be called (an internal address), or ``None`` if it may."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where one attempt connects: the URL with its host pinned to a vetted address."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, str]
+
+
+_getaddrinfo = socket.getaddrinfo  # a module attribute so tests can stand in for DNS
+
+
+def _pinned_target(url: str) -> _Target | str:
+    """``url`` pinned to the public address its host resolves to now, or why it may not be called.
+
+    The host is resolved once and every address it resolves to must be public; the
+    request then connects to the first of them by IP (``Host`` header and TLS SNI keep
+    the name, so certificates are still checked against it). Connecting by name would
+    resolve a second time, and a DNS answer with a short TTL could then point the
+    request at an internal service after this check passed (DNS rebinding).
+    """
+    parsed = httpx.URL(url)
+    host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS and SNI want it
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError) as exc:  # bad IDNA labels raise UnicodeError
         return f"cannot resolve {host}: {exc}"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses:
+        return f"cannot resolve {host}: no address"
+    for address in addresses:
         if not address.is_global:
             return f"{host} resolves to a non-public address ({address})"
-    return None
+    if _is_ip_literal(host):  # nothing to pin, and SNI never carries an address
+        return _Target(url, {}, {})
+    pinned = str(addresses[0])
+    netloc = parsed.netloc.decode("ascii")
+    sni = host.rstrip(".")  # the absolute form's dot is not part of a certificate's name
+    return _Target(str(parsed.copy_with(host=pinned)), {"Host": netloc}, {"sni_hostname": sni})
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
@@ -148,10 +183,9 @@ def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: 
 def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
     if job.secret is None:
         return Outcome(job.delivery_id, False, None, "the endpoint's secret cannot be opened")
-    if not allow_private:
-        refused = _public_host(job.url)
-        if refused is not None:
-            return Outcome(job.delivery_id, False, None, refused)
+    target = _Target(job.url, {}, {}) if allow_private else _pinned_target(job.url)
+    if isinstance(target, str):
+        return Outcome(job.delivery_id, False, None, target)
     timestamp = int(now.timestamp())
     headers = {
         "Content-Type": "application/json",
@@ -159,9 +193,12 @@ def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -
         SIGNATURE_HEADER: signature_header(job.secret, timestamp, job.body),
         "X-Hub-Event": job.event_type,
         "X-Hub-Delivery": str(job.delivery_id),
+        **target.headers,
     }
     try:
-        response = client.post(job.url, content=job.body, headers=headers)
+        response = client.post(
+            target.url, content=job.body, headers=headers, extensions=target.extensions
+        )
     except httpx.HTTPError as exc:
         return Outcome(job.delivery_id, False, None, f"{type(exc).__name__}: {exc}")
     if response.is_success:
@@ -210,8 +247,13 @@ def deliver_due(
     if not jobs:
         return []
     owned = client is None
+    # No keep-alive: pinned requests are pooled by address, and a connection whose TLS
+    # was checked for one endpoint's name must never carry another endpoint's request.
     http = client or httpx.Client(
-        timeout=settings.delivery_timeout_seconds, follow_redirects=False, trust_env=False
+        timeout=settings.delivery_timeout_seconds,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
     )
     try:
         allowed = settings.webhook_allow_private

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -303,3 +305,85 @@ def test_one_broken_endpoint_does_not_stop_the_others(
     assert len(receiver.requests) == 1
     broken = [o for o in outcomes if not o.ok]
     assert broken[0].error == "internal error: UnicodeError"
+
+
+def test_a_delivery_connects_to_the_address_that_was_checked(
+    biller: Biller, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name answers a public address, then a loopback one.
+
+    The first attempt must go to the checked public address by IP (name kept in the
+    Host header and TLS SNI) without resolving again; the next attempt resolves
+    afresh, sees the loopback answer and sends nothing.
+    """
+    answers = iter(["93.184.216.34", "127.0.0.1"])
+    lookups: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        address = "127.0.0.1"  # other tests' endpoints (the database is shared)
+        if host == "hooks.example":
+            lookups.append((host, port))
+            address = next(answers)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503)
+
+    monkeypatch.setattr(delivery, "_getaddrinfo", resolve)
+    register(biller, "https://hooks.example:8443/in?x=1")
+    close = finalized_invoice(biller)
+    strict = billing_settings(webhook_allow_private=False)
+    box = SecretBox(app.state.settings.keys_dir)
+    [ours] = [row.id for row in deliveries(biller)]
+
+    def attempt(now: datetime) -> Outcome:
+        outcomes = deliver_due(biller.factory, lambda: now, box, strict, client=client)
+        [outcome] = [o for o in outcomes if o.delivery_id == ours]
+        return outcome
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        first = attempt(close)
+        assert (first.ok, first.status) == (False, 503)
+        assert lookups == [("hooks.example", 8443)]
+        [request] = sent
+        assert str(request.url) == "https://93.184.216.34:8443/in?x=1"
+        assert request.headers["host"] == "hooks.example:8443"
+        assert request.extensions["sni_hostname"] == "hooks.example"
+        later = close + timedelta(days=1)
+        second = attempt(later)
+    assert not second.ok and "non-public address (127.0.0.1)" in str(second.error)
+    assert len(sent) == 1 and len(lookups) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "answers", "expected"),
+    [
+        ("http://a.example/h", ["8.8.8.8", "10.0.0.7"], "non-public address (10.0.0.7)"),
+        ("http://a.example/h", [], "no address"),
+        ("http://[2606:4700::1111]:8080/h", ["2606:4700::1111"], None),
+        ("https://bücher.example./h", ["8.8.4.4"], None),
+    ],
+)
+def test_pinning_every_answer_must_be_public(
+    monkeypatch: pytest.MonkeyPatch, url: str, answers: list[str], expected: str | None
+) -> None:
+    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        family = (
+            socket.AF_INET6 if ":" in host or any(":" in a for a in answers) else socket.AF_INET
+        )
+        return [(family, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers]
+
+    monkeypatch.setattr(delivery, "_getaddrinfo", resolve)
+    target = delivery._pinned_target(url)
+    if expected is not None:
+        assert isinstance(target, str) and expected in target
+    elif url.startswith("http://["):  # an IP literal is called as it is, without SNI
+        assert target == delivery._Target(url, {}, {})
+    else:
+        assert not isinstance(target, str)
+        assert target.url == "https://8.8.4.4/h"
+        assert target.headers == {"Host": "xn--bcher-kva.example."}
+        assert target.extensions == {"sni_hostname": "xn--bcher-kva.example"}
