@@ -24,6 +24,12 @@ small subclass of amqtt's ``Broker`` that closes the gaps no plugin hook can:
   on each later matching subscription. A retained PUBLISH is dropped and logged
   (QoS 1 is acknowledged), a CONNECT with a retained will is refused; nobody
   retains (the hub never does), as with Mosquitto's ``retain_available false``.
+* **Subscription table under churn.** amqtt walks its subscription table (and
+  each filter's subscriber list) with ``await`` inside the loop, when it
+  broadcasts a message and when a client connects, while other connections add
+  and remove subscriptions: ``RuntimeError: dictionary changed size during
+  iteration`` abandoned the broadcast part-way (subscribers not yet served never
+  got the message). The table here iterates over a snapshot of itself.
 * **Kick.** :meth:`EmbeddedBroker.disconnect_client` closes a client's
   connection and drops its session and principal at once (a disabled or reset
   device); its next CONNECT is authenticated afresh.
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from importlib.metadata import version
 from typing import Any
 
@@ -125,12 +132,40 @@ class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         self._inner.feed_eof()
 
 
+class _SnapshotList(list[Any]):
+    """One filter's subscribers; iterating walks a copy, so a concurrent change skips no one."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.copy())
+
+
+class _SubscriptionTable(dict[str, _SnapshotList]):
+    """amqtt's ``topic filter -> subscribers`` table, safe to change while it is walked.
+
+    amqtt awaits inside its loops over this table (module docstring); iterating
+    over a snapshot of the keys, and keeping each subscriber list a
+    :class:`_SnapshotList`, lets subscribes and unsubscribes land meanwhile.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:  # a list, not a live view
+        return list(super().items())
+
+    def __setitem__(self, key: str, value: list[Any]) -> None:
+        super().__setitem__(
+            key, value if isinstance(value, _SnapshotList) else _SnapshotList(value)
+        )
+
+
 class _GuardedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's ``Broker`` with authentication first and size caps (module docstring)."""
 
     def __init__(self, config: dict[str, Any], *, max_payload_bytes: int) -> None:
         super().__init__(config)
         self._max_payload = max_payload_bytes
+        self._subscriptions: _SubscriptionTable = _SubscriptionTable()  # amqtt's starts empty
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
