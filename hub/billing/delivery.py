@@ -17,25 +17,27 @@ lost is sent again with the same ``X-Hub-Delivery`` id and event id.
 Redirects are not followed. Unless ``webhook_allow_private`` is set, URLs whose host
 resolves to a loopback, private, link-local or reserved address are refused
 (at each attempt) so tenants cannot make the hub call internal services; the
-request then connects to the address that was checked, never resolving the name
-again (no DNS rebinding between the check and the connection).
+request then connects to the addresses that were checked, never resolving the
+name again (no DNS rebinding between the check and the connection; see
+:mod:`hub.billing.egress`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.audit.service import record
+from hub.billing import egress
 from hub.billing.events import envelope
 from hub.billing.models import BillingEvent, WebhookDelivery, WebhookEndpoint
 from hub.billing.secret_box import SecretBox, SecretUnavailable, endpoint_context
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "iot-hub-webhooks/1"
 _ERROR_CHARS = 500
+_resolve = socket.getaddrinfo  # a module attribute so tests can stand in for DNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,56 +121,6 @@ def _claim(
     return jobs
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where one attempt connects: the URL with its host pinned to a vetted address."""
-
-    url: str
-    headers: dict[str, str]
-    extensions: dict[str, str]
-
-
-_getaddrinfo = socket.getaddrinfo  # a module attribute so tests can stand in for DNS
-
-
-def _pinned_target(url: str) -> _Target | str:
-    """``url`` pinned to the public address its host resolves to now, or why it may not be called.
-
-    The host is resolved once and every address it resolves to must be public; the
-    request then connects to the first of them by IP (``Host`` header and TLS SNI keep
-    the name, so certificates are still checked against it). Connecting by name would
-    resolve a second time, and a DNS answer with a short TTL could then point the
-    request at an internal service after this check passed (DNS rebinding).
-    """
-    parsed = httpx.URL(url)
-    host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS and SNI want it
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        infos = _getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError, ValueError) as exc:  # bad IDNA labels raise UnicodeError
-        return f"cannot resolve {host}: {exc}"
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not addresses:
-        return f"cannot resolve {host}: no address"
-    for address in addresses:
-        if not address.is_global:
-            return f"{host} resolves to a non-public address ({address})"
-    if _is_ip_literal(host):  # nothing to pin, and SNI never carries an address
-        return _Target(url, {}, {})
-    pinned = str(addresses[0])
-    netloc = parsed.netloc.decode("ascii")
-    sni = host.rstrip(".")  # the absolute form's dot is not part of a certificate's name
-    return _Target(str(parsed.copy_with(host=pinned)), {"Host": netloc}, {"sni_hostname": sni})
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
     """:func:`_send`, with any defect turned into a failed attempt for this job alone.
 
@@ -183,7 +136,7 @@ def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: 
 def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
     if job.secret is None:
         return Outcome(job.delivery_id, False, None, "the endpoint's secret cannot be opened")
-    target = _Target(job.url, {}, {}) if allow_private else _pinned_target(job.url)
+    target = egress.unpinned(job.url) if allow_private else egress.pinned_target(job.url, _resolve)
     if isinstance(target, str):
         return Outcome(job.delivery_id, False, None, target)
     timestamp = int(now.timestamp())
@@ -195,15 +148,28 @@ def _send(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -
         "X-Hub-Delivery": str(job.delivery_id),
         **target.headers,
     }
-    try:
-        response = client.post(
-            target.url, content=job.body, headers=headers, extensions=target.extensions
-        )
-    except httpx.HTTPError as exc:
-        return Outcome(job.delivery_id, False, None, f"{type(exc).__name__}: {exc}")
-    if response.is_success:
-        return Outcome(job.delivery_id, True, response.status_code, None)
-    return Outcome(job.delivery_id, False, response.status_code, f"HTTP {response.status_code}")
+    return _post(client, job, target, headers)
+
+
+def _post(
+    client: httpx.Client, job: _Job, target: egress.Target, headers: dict[str, str]
+) -> Outcome:
+    """POST to each of the target's addresses in turn until one accepts the connection."""
+    error = "no address"
+    for url in target.urls:
+        try:
+            response = client.post(
+                url, content=job.body, headers=headers, extensions=target.extensions
+            )
+        except httpx.ConnectError as exc:  # e.g. an IPv6 answer on an IPv4-only host
+            error = f"ConnectError: {exc}"
+            continue
+        except httpx.HTTPError as exc:
+            return Outcome(job.delivery_id, False, None, f"{type(exc).__name__}: {exc}")
+        if response.is_success:
+            return Outcome(job.delivery_id, True, response.status_code, None)
+        return Outcome(job.delivery_id, False, response.status_code, f"HTTP {response.status_code}")
+    return Outcome(job.delivery_id, False, None, error)
 
 
 def _record(session: Session, settings: BillingSettings, outcome: Outcome, now: datetime) -> None:
@@ -247,13 +213,15 @@ def deliver_due(
     if not jobs:
         return []
     owned = client is None
-    # No keep-alive: pinned requests are pooled by address, and a connection whose TLS
-    # was checked for one endpoint's name must never carry another endpoint's request.
+    # Requests are pinned by address, so connections and cookies would be shared by
+    # every endpoint behind one address: no keep-alive (a connection whose TLS was
+    # checked for one endpoint's name never carries another's request) and no cookies.
     http = client or httpx.Client(
         timeout=settings.delivery_timeout_seconds,
         follow_redirects=False,
         trust_env=False,
         limits=httpx.Limits(max_keepalive_connections=0),
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
     try:
         allowed = settings.webhook_allow_private

@@ -144,7 +144,9 @@ class _SubscriptionTable(dict[str, _SnapshotList]):
 
     amqtt awaits inside its loops over this table (module docstring); iterating
     over a snapshot of the keys, and keeping each subscriber list a
-    :class:`_SnapshotList`, lets subscribes and unsubscribes land meanwhile.
+    :class:`_SnapshotList`, lets subscribes and unsubscribes land meanwhile. A
+    broadcast serves the subscribers present when it reached their filter: one
+    that unsubscribes meanwhile may still get that message (as in flight).
     """
 
     def __iter__(self) -> Iterator[str]:
@@ -157,6 +159,15 @@ class _SubscriptionTable(dict[str, _SnapshotList]):
         super().__setitem__(
             key, value if isinstance(value, _SnapshotList) else _SnapshotList(value)
         )
+
+    def setdefault(self, key: str, default: list[Any] | None = None) -> _SnapshotList:
+        if key not in self:
+            self[key] = [] if default is None else default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
 
 
 class _GuardedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped

@@ -168,16 +168,31 @@ class FirmwareFleet:
 
         self.call(claim_all, timeout=300)
 
-    def connect_all(self) -> None:
-        """Build every device's session and keep it connected until :meth:`stop`."""
+    def connect_all(self, *, except_serials: frozenset[str] = frozenset()) -> None:
+        """Build every device's session and keep it connected until :meth:`stop`.
+
+        Devices named in ``except_serials`` stay offline until :meth:`connect`.
+        """
 
         async def start() -> None:
             self._stop = asyncio.Event()
             for device in self.devices.values():
-                self._build(device)
-                self._tasks.append(asyncio.create_task(self._serve(device)))
+                if device.serial not in except_serials:
+                    self._start(device)
 
         self.call(start)
+
+    def connect(self, device: FleetDevice) -> None:
+        """Bring one device that :meth:`connect_all` left offline online."""
+
+        async def start() -> None:
+            self._start(device)
+
+        self.call(start)
+
+    def _start(self, device: FleetDevice) -> None:
+        self._build(device)
+        self._tasks.append(asyncio.create_task(self._serve(device)))
 
     def stop(self) -> None:
         """Disconnect everyone and stop the loop."""

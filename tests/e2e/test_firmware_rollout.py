@@ -15,6 +15,8 @@ ever offered the package or sent a byte of it, that every failing device of
 the first wave reverted to its old image, and that every confirmed device runs
 exactly the released image, as the hub also records. Three healthy devices of
 the first wave download over the hub's ranged HTTP endpoint instead of MQTT.
+One healthy first-wave device connects only after the abort: its job was
+withdrawn, so it is never offered the package.
 """
 
 from __future__ import annotations
@@ -195,7 +197,10 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
             for device_id in http:
                 by_id[device_id].firmware = {"transport": "http", "http_url": hub.api_url}
 
-            fleet.connect_all()  # every device asks the hub on connect (fw_query)
+            # one healthy first-wave device comes online only after the abort
+            late = [d for d in first if d not in failing and d not in http][-1]
+            fleet.connect_all(except_serials=frozenset({by_id[late].serial}))
+            # every device asks the hub on connect (fw_query)
             state = wait_until(
                 lambda: (
                     (r := ok(api.get(f"/firmware/rollouts/{rollout['id']}")))["state"] != "running"
@@ -206,13 +211,15 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
             )
             assert state["state"] == "aborted", state
             assert "failure threshold" in (state["state_reason"] or "")
-            wave1 = [by_id[d] for d in first]
+            wave1 = [by_id[d] for d in first if d != late]
             wait_until(
                 lambda: fleet.inspect(lambda: all(d.settled() for d in wave1)),
                 60,
                 what="wave 1 to settle",
             )
             aborted_at = time.time()
+            fleet.connect(by_id[late])
+            wait_until(lambda: fleet.inspect(lambda: by_id[late].online), 20, what="late device")
 
             # an unentitled device asking for another device's chunks gets none
             stranger = fleet.devices[serials[-1]]
@@ -235,15 +242,16 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
         }
         offered = {device_id for device_id, out in snapshot.items() if out["offers"]}
         assert offered <= set(first), "only the first wave may ever be offered the package"
-        # A first-wave device that asked only once the threshold was crossed is never
-        # offered (the hub stops offering at the threshold, before the engine's pass
-        # records the abort): the hub never offered it either, and it stays untouched.
+        # The start offers every first-wave job at once, before any device is online;
+        # a device gets its offer again when it connects and asks (fw_query). One
+        # that connects only after the abort (a loaded machine) finds its job
+        # withdrawn by the abort: it is never offered and must stay untouched.
         for device_id in set(first) - offered:
             out, job = snapshot[device_id], jobs_after[device_id]
             assert out["step"] is Step.IDLE and out["chunks"] == 0, device_id
             assert out["image"] == out["factory"]
-            assert job["state"] == "cancelled" and job["offered_at"] is None, job
-        assert len(offered) >= 10  # the threshold needs a sample of 10
+            assert (job["state"], job["reason"]) == ("cancelled", "rollout_aborted"), job
+        assert late not in offered and len(offered) >= 10  # the threshold's sample is 10
         for device_id in second + [by_id[ids[s]].device_id for s in serials[ENTITLED:]]:
             out = snapshot[device_id]
             assert out["offers"] == [] and out["chunks"] == 0, device_id

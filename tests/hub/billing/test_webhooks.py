@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from hub.audit.models import AuditEvent
-from hub.billing import delivery, notify
+from hub.billing import delivery, egress, notify
 from hub.billing.delivery import Outcome, deliver_due
 from hub.billing.models import WebhookDelivery, WebhookEndpoint
 from hub.billing.secret_box import SecretBox
@@ -34,6 +35,7 @@ class Receiver:
     """A webhook receiver on 127.0.0.1 that answers 500 to the first ``failures`` requests."""
 
     failures: int = 0
+    set_cookie: str | None = None  # a Set-Cookie header to answer with
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -53,6 +55,8 @@ def receiver() -> Iterator[Receiver]:
             state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
             failing = len(state.requests) <= state.failures
             self.send_response(500 if failing else 204)
+            if state.set_cookie is not None:
+                self.send_header("Set-Cookie", state.set_cookie)
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -332,7 +336,7 @@ def test_a_delivery_connects_to_the_address_that_was_checked(
         sent.append(request)
         return httpx.Response(503)
 
-    monkeypatch.setattr(delivery, "_getaddrinfo", resolve)
+    monkeypatch.setattr(delivery, "_resolve", resolve)
     register(biller, "https://hooks.example:8443/in?x=1")
     close = finalized_invoice(biller)
     strict = billing_settings(webhook_allow_private=False)
@@ -358,32 +362,94 @@ def test_a_delivery_connects_to_the_address_that_was_checked(
     assert len(sent) == 1 and len(lookups) == 2
 
 
+def _answers(*addresses: str) -> egress.Resolver:
+    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    return resolve
+
+
 @pytest.mark.parametrize(
-    ("url", "answers", "expected"),
+    ("answers", "refused"),
     [
-        ("http://a.example/h", ["8.8.8.8", "10.0.0.7"], "non-public address (10.0.0.7)"),
-        ("http://a.example/h", [], "no address"),
-        ("http://[2606:4700::1111]:8080/h", ["2606:4700::1111"], None),
-        ("https://bücher.example./h", ["8.8.4.4"], None),
+        (["8.8.8.8", "10.0.0.7"], "10.0.0.7"),  # every answer must be public
+        (["::ffff:127.0.0.1"], "::ffff:127.0.0.1"),  # IPv4-mapped
+        (["64:ff9b::7f00:1"], "64:ff9b::7f00:1"),  # NAT64 of 127.0.0.1
+        (["64:ff9b::a00:1"], "64:ff9b::a00:1"),  # NAT64 of 10.0.0.1
+        (["64:ff9b:1::808:808"], "64:ff9b:1::808:808"),  # local-use NAT64
+        (["2002:7f00:1::"], "2002:7f00:1::"),  # 6to4 of 127.0.0.1
+        (["2002:a9fe:a9fe::"], "2002:a9fe:a9fe::"),  # 6to4 of the metadata service
+        (["::127.0.0.1"], "::127.0.0.1"),  # IPv4-compatible
+        (["169.254.169.254"], "169.254.169.254"),
+        (["fd00::1"], "fd00::1"),
     ],
 )
-def test_pinning_every_answer_must_be_public(
-    monkeypatch: pytest.MonkeyPatch, url: str, answers: list[str], expected: str | None
-) -> None:
-    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
-        family = (
-            socket.AF_INET6 if ":" in host or any(":" in a for a in answers) else socket.AF_INET
-        )
-        return [(family, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers]
+def test_pinning_refuses_every_non_public_answer(answers: list[str], refused: str) -> None:
+    target = egress.pinned_target("http://a.example/h", _answers(*answers))
+    shown = ipaddress.ip_address(refused)  # in its normal form
+    assert target == f"a.example resolves to a non-public address ({shown})"
 
-    monkeypatch.setattr(delivery, "_getaddrinfo", resolve)
-    target = delivery._pinned_target(url)
-    if expected is not None:
-        assert isinstance(target, str) and expected in target
-    elif url.startswith("http://["):  # an IP literal is called as it is, without SNI
-        assert target == delivery._Target(url, {}, {})
-    else:
-        assert not isinstance(target, str)
-        assert target.url == "https://8.8.4.4/h"
-        assert target.headers == {"Host": "xn--bcher-kva.example."}
-        assert target.extensions == {"sni_hostname": "xn--bcher-kva.example"}
+
+def test_pinning_keeps_public_forms_and_every_address() -> None:
+    nat64 = egress.pinned_target("https://a.example/h", _answers("64:ff9b::808:808", "8.8.4.4"))
+    assert isinstance(nat64, egress.Target)
+    assert nat64.urls == ("https://[64:ff9b::808:808]/h", "https://8.8.4.4/h")
+    many = [f"8.8.8.{n}" for n in range(1, 9)]
+    capped = egress.pinned_target("http://a.example/h", _answers(*many, "8.8.8.1"))
+    assert isinstance(capped, egress.Target)
+    assert len(capped.urls) == egress.MAX_ADDRESSES
+    assert egress.pinned_target("http://a.example/h", _answers()) == (
+        "cannot resolve a.example: no address"
+    )
+    assert str(egress.pinned_target("http://[::1/h", _answers("8.8.8.8"))).startswith("invalid URL")
+
+
+def test_an_ip_literal_is_called_as_it_is_and_a_name_by_its_address() -> None:
+    literal = "http://[2606:4700::1111]:8080/h"
+    assert egress.pinned_target(literal, _answers("2606:4700::1111")) == egress.unpinned(literal)
+    named = egress.pinned_target("https://bücher.example./h", _answers("8.8.4.4"))
+    assert named == egress.Target(
+        ("https://8.8.4.4/h",),
+        {"Host": "xn--bcher-kva.example."},
+        {"sni_hostname": "xn--bcher-kva.example"},
+    )
+
+
+def test_a_refused_connection_tries_the_next_checked_address(
+    biller: Biller, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if request.url.host == "2606:4700::1111":
+            raise httpx.ConnectError("Network is unreachable", request=request)
+        return httpx.Response(204)
+
+    monkeypatch.setattr(delivery, "_resolve", _answers("2606:4700::1111", "1.1.1.1"))
+    register(biller, "https://hooks.example/in")
+    close = finalized_invoice(biller)
+    [ours] = [row.id for row in deliveries(biller)]
+    strict = billing_settings(webhook_allow_private=False)
+    box = SecretBox(app.state.settings.keys_dir)
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        outcomes = deliver_due(biller.factory, lambda: close, box, strict, client=client)
+    [outcome] = [o for o in outcomes if o.delivery_id == ours]
+    assert (outcome.ok, outcome.status) == (True, 204)
+    assert tried[-2:] == ["2606:4700::1111", "1.1.1.1"]
+
+
+def test_no_cookie_set_by_one_endpoint_reaches_another(
+    biller: Biller, app: FastAPI, receiver: Receiver
+) -> None:
+    receiver.set_cookie = "session=from-the-first-endpoint; Path=/"
+    register(biller, receiver.url)
+    register(biller, receiver.url + "?second")
+    close = finalized_invoice(biller)
+    outcomes = deliver(biller, app, close)
+    assert len(outcomes) == 2 and all(o.ok for o in outcomes)
+    assert len(receiver.requests) == 2
+    assert all("cookie" not in headers for headers, _ in receiver.requests)

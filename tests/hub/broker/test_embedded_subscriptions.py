@@ -114,7 +114,12 @@ def test_table_iterates_over_snapshots_and_wraps_subscriber_lists() -> None:
         del table[key]
         table[key + "!"] = []
     assert sorted(table) == ["a!", "b!"]
-    table = _SubscriptionTable({"x": _SnapshotList([1])})
+    table = _SubscriptionTable()
+    table.update({"x": [1]}, y=[9])
+    assert isinstance(table.setdefault("z"), _SnapshotList)
+    assert table.setdefault("x", [5]) == [1]
+    assert all(isinstance(value, _SnapshotList) for value in table.values())
+    del table["y"], table["z"]
     for key, _value in table.items():
         table[key * 2] = []
     assert sorted(table) == ["x", "xx"]
