@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.db.busy import busy_reason
 from hub.plugins import PeriodicJob
 from hub.registry import claims, presence
 
@@ -41,6 +44,26 @@ def purge_claim_nonces(
     return deleted
 
 
+def skip_when_busy(name: str, run: Callable[[], object]) -> Callable[[], None]:
+    """``run`` as a job whose run meets a busy or unavailable database is skipped, not failed.
+
+    SQLite under write load answers ``database is locked`` after its busy
+    timeout; every job is idempotent and runs again at its next interval, so a
+    warning with the driver's reason is logged instead of a traceback (whose
+    SQL parameters must not reach the log either). Other errors propagate.
+    """
+
+    def job() -> None:
+        try:
+            run()
+        except OperationalError as exc:
+            log.warning(
+                "job %s skipped, the next run retries: database busy (%s)", name, busy_reason(exc)
+            )
+
+    return job
+
+
 def build_scheduler(
     session_factory: sessionmaker[Session],
     clock: Callable[[], datetime],
@@ -55,19 +78,20 @@ def build_scheduler(
     scheduler = BackgroundScheduler(timezone="UTC")
     stale_after = timedelta(seconds=presence_stale_seconds)
     scheduler.add_job(
-        sweep_presence,
+        skip_when_busy(
+            "presence-sweep", partial(sweep_presence, session_factory, clock, stale_after)
+        ),
         "interval",
         seconds=max(5, presence_stale_seconds // 4),
-        args=(session_factory, clock, stale_after),
         id="presence-sweep",
         max_instances=1,
         coalesce=True,
     )
+    purge = partial(purge_claim_nonces, session_factory, clock, claim_skew_seconds)
     scheduler.add_job(
-        purge_claim_nonces,
+        skip_when_busy("claim-nonce-purge", purge),
         "interval",
         seconds=max(60, claim_skew_seconds),
-        args=(session_factory, clock, claim_skew_seconds),
         id="claim-nonce-purge",
         max_instances=1,
         coalesce=True,
@@ -75,7 +99,7 @@ def build_scheduler(
     if maintenance is not None:
         # Entitlement expiry, seat timeouts, lease renewal, delivery retries.
         scheduler.add_job(
-            maintenance,
+            skip_when_busy("manifest-maintenance", maintenance),
             "interval",
             seconds=maintenance_interval_seconds,
             id="manifest-maintenance",
@@ -84,7 +108,7 @@ def build_scheduler(
         )
     for job in jobs:
         scheduler.add_job(
-            job.run,
+            skip_when_busy(job.job_id, job.run),
             "interval",
             seconds=job.seconds,
             id=job.job_id,

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.db.busy import busy_reason
 from hub.errors import HubError, PermissionDenied, Unauthenticated
 from hub.registry.service import authenticate_api_key
 
@@ -220,7 +221,7 @@ async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
     carry credential hashes.
     """
     assert isinstance(exc, OperationalError)
-    reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "unavailable"
+    reason = busy_reason(exc)
     log.warning("%s %s -> 503 database_busy: %s", request.method, request.url.path, reason)
     body = error_body("database_busy", "the database is busy or unavailable; retry shortly")
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -90,6 +90,8 @@ MAX_HELD_PER_JOB = 2 * 1024
 MAX_RESTORES = 3
 """Failed calls in a row after which the backlog they took is dropped, not put back."""
 IN_CHUNK = 900
+MAX_ERRORS_PER_DEVICE = 8
+"""Error replies (and log lines) one device gets per handler call; more refusals are counted."""
 PACKAGE_CACHE = 64
 """Packages (with their envelopes, up to 32 KiB each) kept in memory by one handler."""
 
@@ -122,6 +124,7 @@ class _Batch:
     acks: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     entitled: dict[str, set[str]] = field(default_factory=dict)
     gated: dict[str, set[str]] = field(default_factory=dict)  # package -> devices evaluated
+    refused: Counter[str] = field(default_factory=Counter)  # refusals per device
 
 
 _Held = tuple[str, FirmwareChunkRequest]
@@ -189,14 +192,34 @@ class FirmwareHandler:
             try:
                 self._one(session, batch, device_id, message)
             except Refused as exc:
-                log.info("firmware message from %s refused: %s: %s", device_id, exc.code, exc)
-                batch.out.append(_error(device_id, exc.code, str(exc)))
+                self._refuse(batch, device_id, exc)
+        for device_id, count in batch.refused.items():
+            if count > MAX_ERRORS_PER_DEVICE:
+                log.warning(
+                    "%d more firmware messages from %s refused in one batch (no reply, no log)",
+                    count - MAX_ERRORS_PER_DEVICE,
+                    device_id,
+                )
         for device_id, keys in batch.acks.items():
             topic = topics.device_down(device_id, topics.DownKind.FIRMWARE)
             for start in range(0, len(keys), MAX_ACK_KEYS):
                 ack = FirmwareReportAck(keys=tuple(keys[start : start + MAX_ACK_KEYS]))
                 batch.out.append(Outbound(topic, encode_message(ack)))
         return batch
+
+    @staticmethod
+    def _refuse(batch: _Batch, device_id: str, exc: Refused) -> None:
+        """Answer a refusal, up to :data:`MAX_ERRORS_PER_DEVICE` per device per batch.
+
+        A device flooding bogus requests (random job ids) gets that many error
+        replies and log lines per batch, not one each: its flood cannot turn into
+        an equal flood of hub publishes and log lines.
+        """
+        batch.refused[device_id] += 1
+        if batch.refused[device_id] > MAX_ERRORS_PER_DEVICE:
+            return
+        log.info("firmware message from %s refused: %s: %s", device_id, exc.code, exc)
+        batch.out.append(_error(device_id, exc.code, str(exc)))
 
     # --- the backlog ------------------------------------------------------------------------
 

@@ -22,8 +22,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.db.busy import busy_reason
 from hub.firmware.gate import Gate, entitled_devices
 from hub.firmware.models import FirmwarePackage
 from hub.mqtt.outbound import Outbound
@@ -285,6 +287,12 @@ class RolloutEngine:
             with self._session_factory() as session:
                 out = work(session, self._clock())
                 session.commit()
+        except OperationalError as exc:  # SQLite's lock timeout under write load
+            log.warning(
+                "firmware rollout pass skipped, the next retries: database busy (%s)",
+                busy_reason(exc),
+            )
+            return 0
         except Exception:
             # A failed pass leaves the database as it was; the next pass retries.
             log.exception("firmware rollout pass failed")

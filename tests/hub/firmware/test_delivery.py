@@ -106,6 +106,28 @@ def test_chunk_request_refusals(world: World) -> None:
     assert topic_replies.outbound == []
 
 
+def test_a_flood_of_bogus_requests_gets_a_bounded_number_of_replies(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, [flooder, other], offers = _offered(world, devices=2)
+    cap = delivery.MAX_ERRORS_PER_DEVICE
+    bogus = [
+        (flooder, FirmwareChunkRequest(job_id=f"job-{n:024x}", index=0, count=1))
+        for n in range(cap * 5)
+    ]
+    own = (other, FirmwareChunkRequest(job_id=offers[flooder].job_id, index=0, count=1))
+    valid = (flooder, FirmwareChunkRequest(job_id=offers[flooder].job_id, index=0, count=1))
+    with caplog.at_level("INFO", logger=delivery.__name__):
+        replies = world.send(*bogus, own, valid)
+    errors = [(device, m.code) for device, m in replies if isinstance(m, ErrorReply)]
+    assert [code for device, code in errors if device == flooder] == ["unknown_job"] * cap
+    assert [code for device, code in errors if device == other] == ["unknown_job"]
+    assert _chunks(replies) == [(flooder, 0)]  # its valid request is still served
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == cap + 1 + 1  # the flooder's, the other's, one summary
+    assert f"{cap * 4} more firmware messages from {flooder}" in refusals[-1].getMessage()
+
+
 def test_unentitled_device_is_refused_chunks_at_request_time(world: World) -> None:
     _, [device], offers = _offered(world)
     job = offers[device].job_id
