@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.db.busy import busy_reason
+from hub.db.busy import busy_reason, is_busy
 from hub.plugins import PeriodicJob
 from hub.registry import claims, presence
 
@@ -50,13 +50,16 @@ def skip_when_busy(name: str, run: Callable[[], object]) -> Callable[[], None]:
     SQLite under write load answers ``database is locked`` after its busy
     timeout; every job is idempotent and runs again at its next interval, so a
     warning with the driver's reason is logged instead of a traceback (whose
-    SQL parameters must not reach the log either). Other errors propagate.
+    SQL parameters must not reach the log either). Other errors, database
+    faults such as a missing table included, propagate (APScheduler logs them).
     """
 
     def job() -> None:
         try:
             run()
         except OperationalError as exc:
+            if not is_busy(exc):
+                raise
             log.warning(
                 "job %s skipped, the next run retries: database busy (%s)", name, busy_reason(exc)
             )

@@ -1,13 +1,14 @@
 """Delivering logged events to webhook endpoints, with retries.
 
-One pass of :func:`deliver_due`:
+One pass of :func:`deliver_due` reads up to ``batch`` pending deliveries whose
+``next_attempt_at`` has come, oldest first, and for each in turn:
 
-1. claims up to ``batch`` pending deliveries whose ``next_attempt_at`` has
-   come, by pushing their ``next_attempt_at`` past the request timeout with a
-   conditional ``UPDATE`` (a second worker skips them), and commits;
-2. POSTs each event's JSON to its endpoint, signed (``X-Hub-Signature``), with
+1. claims it, by pushing its ``next_attempt_at`` past the longest an attempt
+   can take with a conditional ``UPDATE`` (a second worker skips it), and
+   commits; each delivery has its own lease, so a long pass never outlives one;
+2. POSTs the event's JSON to its endpoint, signed (``X-Hub-Signature``), with
    no database transaction open;
-3. records each outcome: a 2xx answer marks the delivery ``delivered``; any
+3. records the outcome: a 2xx answer marks the delivery ``delivered``; any
    other answer, a timeout or a connection error schedules the next attempt
    after ``backoff * 2^(attempts - 1)`` (capped), and after ``max_attempts``
    the delivery is ``failed`` (audited).
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "iot-hub-webhooks/1"
 _ERROR_CHARS = 500
 _resolve = socket.getaddrinfo  # a module attribute so tests can stand in for DNS
+CONNECT_TIMEOUT_SECONDS = 5.0  # per address; the next one is tried within the attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,42 +85,59 @@ def body_of(event: BillingEvent) -> bytes:
     return json.dumps(envelope(event), sort_keys=True, separators=(",", ":")).encode()
 
 
-def _claim(
-    session: Session, box: SecretBox, settings: BillingSettings, now: datetime
-) -> list[_Job]:
-    lease = now + timedelta(seconds=settings.delivery_timeout_seconds + 30)
-    due = session.execute(
-        select(WebhookDelivery, WebhookEndpoint, BillingEvent)
-        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-        .join(BillingEvent, BillingEvent.id == WebhookDelivery.event_id)
+def _due(session: Session, settings: BillingSettings, now: datetime) -> list[tuple[int, datetime]]:
+    """The oldest deliveries due at ``now`` (id and due time), up to one batch."""
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
         .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
         .limit(settings.delivery_batch)
     ).all()
-    jobs = []
-    for delivery, endpoint, event in due:
-        claimed = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery.id,
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
-            )
-            .values(next_attempt_at=lease)
-            .execution_options(synchronize_session=False)
+    return [(row[0], row[1]) for row in rows]
+
+
+def attempt_bound_seconds(settings: BillingSettings) -> float:
+    """The longest one attempt may take: a connect per address, then the request."""
+    connect = min(settings.delivery_timeout_seconds, CONNECT_TIMEOUT_SECONDS)
+    return egress.MAX_ADDRESSES * connect + 3 * settings.delivery_timeout_seconds
+
+
+def _claim(
+    session: Session,
+    box: SecretBox,
+    settings: BillingSettings,
+    *,
+    delivery_id: int,
+    due_at: datetime,
+    now: datetime,
+) -> _Job | None:
+    """Lease one delivery for this attempt (a second worker skips it), or ``None`` if taken."""
+    lease = now + timedelta(seconds=attempt_bound_seconds(settings) + 30)
+    claimed = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at == due_at,
         )
-        if getattr(claimed, "rowcount", 0) != 1:
-            continue
-        try:
-            context = endpoint_context(endpoint.tenant_id, endpoint.id)
-            secret: str | None = box.open(endpoint.secret_sealed, context=context)
-        except SecretUnavailable:
-            secret = None
-        jobs.append(
-            _Job(delivery.id, endpoint.tenant_id, endpoint.id, endpoint.url, event.type,
-                 body_of(event), secret)
-        )  # fmt: skip
-    return jobs
+        .values(next_attempt_at=lease)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(claimed, "rowcount", 0) != 1:
+        return None
+    delivery, endpoint, event = session.execute(
+        select(WebhookDelivery, WebhookEndpoint, BillingEvent)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .join(BillingEvent, BillingEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.id == delivery_id)
+    ).one()
+    try:
+        context = endpoint_context(endpoint.tenant_id, endpoint.id)
+        secret: str | None = box.open(endpoint.secret_sealed, context=context)
+    except SecretUnavailable:
+        secret = None
+    return _Job(delivery.id, endpoint.tenant_id, endpoint.id, endpoint.url, event.type,
+                body_of(event), secret)  # fmt: skip
 
 
 def _send_safely(client: httpx.Client, job: _Job, now: datetime, allow_private: bool) -> Outcome:
@@ -161,8 +180,8 @@ def _post(
             response = client.post(
                 url, content=job.body, headers=headers, extensions=target.extensions
             )
-        except httpx.ConnectError as exc:  # e.g. an IPv6 answer on an IPv4-only host
-            error = f"ConnectError: {exc}"
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent yet
+            error = f"{type(exc).__name__}: {exc}"  # e.g. an IPv6 answer on an IPv4-only host
             continue
         except httpx.HTTPError as exc:
             return Outcome(job.delivery_id, False, None, f"{type(exc).__name__}: {exc}")
@@ -206,35 +225,62 @@ def deliver_due(
     client: httpx.Client | None = None,
 ) -> list[Outcome]:
     """One delivery pass (see the module docstring); returns each attempt's outcome."""
-    now = clock()
     with session_factory() as session:
-        jobs = _claim(session, box, settings, now)
-        session.commit()
-    if not jobs:
+        due = _due(session, settings, clock())
+    if not due:
         return []
-    owned = client is None
+    http = client or _http_client(settings)
+    outcomes: list[Outcome] = []
+    try:
+        run = _Pass(session_factory, clock, box, settings, http)
+        for delivery_id, due_at in due:
+            outcome = _attempt(run, delivery_id, due_at)
+            if outcome is not None:
+                outcomes.append(outcome)
+    finally:
+        if client is None:
+            http.close()
+    return outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    session_factory: sessionmaker[Session]
+    clock: Callable[[], datetime]
+    box: SecretBox
+    settings: BillingSettings
+    http: httpx.Client
+
+
+def _attempt(run: _Pass, delivery_id: int, due_at: datetime) -> Outcome | None:
+    """Claim one delivery (its own lease, so a long pass never outlives it), send, record."""
+    now = run.clock()
+    with run.session_factory() as session:
+        job = _claim(
+            session, run.box, run.settings, delivery_id=delivery_id, due_at=due_at, now=now
+        )
+        session.commit()
+    if job is None:
+        return None
+    outcome = _send_safely(run.http, job, now, run.settings.webhook_allow_private)
+    with run.session_factory() as session:
+        _record(session, run.settings, outcome, run.clock())
+        session.commit()
+    if not outcome.ok:
+        log.info("webhook delivery %s: %s", outcome.delivery_id, outcome.error)
+    return outcome
+
+
+def _http_client(settings: BillingSettings) -> httpx.Client:
     # Requests are pinned by address, so connections and cookies would be shared by
     # every endpoint behind one address: no keep-alive (a connection whose TLS was
     # checked for one endpoint's name never carries another's request) and no cookies.
-    http = client or httpx.Client(
-        timeout=settings.delivery_timeout_seconds,
+    # A short connect timeout lets the next address be tried within the attempt.
+    timeout = settings.delivery_timeout_seconds
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
         follow_redirects=False,
         trust_env=False,
         limits=httpx.Limits(max_keepalive_connections=0),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
-    try:
-        allowed = settings.webhook_allow_private
-        outcomes = [_send_safely(http, job, now, allowed) for job in jobs]
-    finally:
-        if owned:
-            http.close()
-    finished = clock()
-    with session_factory() as session:
-        for outcome in outcomes:
-            _record(session, settings, outcome, finished)
-        session.commit()
-    for outcome in outcomes:
-        if not outcome.ok:
-            log.info("webhook delivery %s: %s", outcome.delivery_id, outcome.error)
-    return outcomes

@@ -79,15 +79,21 @@ def pinned_target(url: str, resolve: Resolver = socket.getaddrinfo) -> Target | 
 
 
 def is_public(address: IPAddress) -> bool:
-    """Whether ``address``, and any IPv4 address an IPv6 form carries, is globally routable."""
-    if not address.is_global:
+    """Whether ``address``, and any IPv4 address an IPv6 form carries, is a public unicast one."""
+    if not _plainly_public(address):
         return False
     if isinstance(address, ipaddress.IPv4Address):
         return True
-    if address in _NAT64_LOCAL:
+    if address.is_site_local or address in _NAT64_LOCAL:  # fec0::/10 still routes inside some sites
         return False
-    embedded = _embedded_ipv4(address)
-    return all(inner.is_global for inner in embedded)
+    return all(_plainly_public(inner) for inner in _embedded_ipv4(address))
+
+
+def _plainly_public(address: IPAddress) -> bool:
+    # IPv6 "reserved" is ::/8 and the like, which holds the NAT64 prefix: the
+    # embedded-IPv4 check judges those; 240.0.0.0/4 is IPv4's reserved space.
+    reserved = isinstance(address, ipaddress.IPv4Address) and address.is_reserved
+    return address.is_global and not (address.is_multicast or reserved)
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -96,7 +102,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address
         found.append(address.ipv4_mapped)
     if address.sixtofour is not None:
         found.append(address.sixtofour)
-    if address.teredo is not None:
+    if address.teredo is not None:  # defence only: 3.11 counts 2001::/32 as not global
         found.extend(address.teredo)  # (server, client)
     if address in _NAT64 or address in _IPV4_COMPATIBLE:
         found.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.db.busy import busy_reason
+from hub.db.busy import busy_reason, is_busy
 from hub.firmware.gate import Gate, entitled_devices
 from hub.firmware.models import FirmwarePackage
 from hub.mqtt.outbound import Outbound
@@ -287,7 +287,10 @@ class RolloutEngine:
             with self._session_factory() as session:
                 out = work(session, self._clock())
                 session.commit()
-        except OperationalError as exc:  # SQLite's lock timeout under write load
+        except OperationalError as exc:
+            if not is_busy(exc):  # a fault, not SQLite's lock timeout under write load
+                log.error("firmware rollout pass failed: %s", busy_reason(exc))
+                return 0
             log.warning(
                 "firmware rollout pass skipped, the next retries: database busy (%s)",
                 busy_reason(exc),

@@ -218,8 +218,13 @@ def test_rollout_aborts_at_the_failure_threshold(hub: HubProcess, tmp_path: Path
                 what="wave 1 to settle",
             )
             aborted_at = time.time()
+            assert ok(api.get(f"/devices/{late}/firmware"))["updated_at"] is None  # never asked
             fleet.connect(by_id[late])
-            wait_until(lambda: fleet.inspect(lambda: by_id[late].online), 20, what="late device")
+            wait_until(  # the hub has handled its fw_query (it records what the device runs)
+                lambda: ok(api.get(f"/devices/{late}/firmware"))["updated_at"] is not None,
+                20,
+                what="the late device's query",
+            )
 
             # an unentitled device asking for another device's chunks gets none
             stranger = fleet.devices[serials[-1]]

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+import hub.scheduler
 from hub.registry import presence
 from hub.registry.models import Device
 from hub.scheduler import build_scheduler, sweep_presence
@@ -169,14 +170,17 @@ def test_scheduler_sweep_presence_commits(
 
 
 def test_build_scheduler_registers_the_presence_job(
-    session_factory: sessionmaker[Session], clock: Clock
+    session_factory: sessionmaker[Session], clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(hub.scheduler, "sweep_presence", lambda *args: calls.append(args))
     scheduler = build_scheduler(
         session_factory, clock, presence_stale_seconds=120, claim_skew_seconds=300
     )
     job = scheduler.get_job("presence-sweep")
     assert job is not None
-    assert job.func.__name__ == "job"  # wrapped by skip_when_busy (tests/hub/test_scheduler.py)
+    job.func()  # wrapped by skip_when_busy (tests/hub/test_scheduler.py)
+    assert calls == [(session_factory, clock, STALE)]
     assert job.trigger.interval == timedelta(seconds=30)
     short = build_scheduler(
         session_factory, clock, presence_stale_seconds=8, claim_skew_seconds=300

@@ -377,6 +377,11 @@ def _answers(*addresses: str) -> egress.Resolver:
     [
         (["8.8.8.8", "10.0.0.7"], "10.0.0.7"),  # every answer must be public
         (["::ffff:127.0.0.1"], "::ffff:127.0.0.1"),  # IPv4-mapped
+        (["::ffff:100.64.0.1"], "::ffff:100.64.0.1"),  # IPv4-mapped shared space (3.11: "global")
+        (["fec0::1"], "fec0::1"),  # deprecated site-local
+        (["ff0e::1"], "ff0e::1"),  # multicast
+        (["224.0.0.1"], "224.0.0.1"),
+        (["240.0.0.1"], "240.0.0.1"),  # reserved
         (["64:ff9b::7f00:1"], "64:ff9b::7f00:1"),  # NAT64 of 127.0.0.1
         (["64:ff9b::a00:1"], "64:ff9b::a00:1"),  # NAT64 of 10.0.0.1
         (["64:ff9b:1::808:808"], "64:ff9b:1::808:808"),  # local-use NAT64
@@ -418,15 +423,16 @@ def test_an_ip_literal_is_called_as_it_is_and_a_name_by_its_address() -> None:
     )
 
 
-def test_a_refused_connection_tries_the_next_checked_address(
-    biller: Biller, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
+def test_a_failed_connection_tries_the_next_checked_address(
+    biller: Biller, app: FastAPI, monkeypatch: pytest.MonkeyPatch, failure: type[Exception]
 ) -> None:
     tried: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         tried.append(request.url.host)
         if request.url.host == "2606:4700::1111":
-            raise httpx.ConnectError("Network is unreachable", request=request)
+            raise failure("Network is unreachable", request=request)  # type: ignore[call-arg]
         return httpx.Response(204)
 
     monkeypatch.setattr(delivery, "_resolve", _answers("2606:4700::1111", "1.1.1.1"))
@@ -453,3 +459,34 @@ def test_no_cookie_set_by_one_endpoint_reaches_another(
     assert len(outcomes) == 2 and all(o.ok for o in outcomes)
     assert len(receiver.requests) == 2
     assert all("cookie" not in headers for headers, _ in receiver.requests)
+
+
+def test_each_delivery_is_leased_when_its_own_attempt_starts(
+    biller: Biller, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass over many slow endpoints never sends a delivery whose lease has run out."""
+    monkeypatch.setattr(delivery, "_resolve", _answers("1.1.1.1"))
+    register(biller, "https://one.example/in")
+    register(biller, "https://two.example/in")
+    close = finalized_invoice(biller)
+    ours = [row.id for row in deliveries(biller)]
+    seen: list[dict[int, datetime]] = []  # our deliveries' next attempts, at each of our sends
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers["host"] in ("one.example", "two.example"):
+            rows = deliveries(biller)
+            seen.append({row.id: row.next_attempt_at for row in rows if row.id in ours})
+        return httpx.Response(204)
+
+    strict = billing_settings(webhook_allow_private=False)
+    lease = timedelta(seconds=delivery.attempt_bound_seconds(strict) + 30)
+    box = SecretBox(app.state.settings.keys_dir)
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        outcomes = deliver_due(biller.factory, lambda: close, box, strict, client=client)
+    assert {o.delivery_id for o in outcomes if o.ok} >= set(ours)
+    first, second = ours  # sent oldest first: same due time, so by id
+    assert seen == [
+        {first: close + lease, second: seen[0][second]},
+        {first: close, second: close + lease},  # the first delivered, the second leased now
+    ]
+    assert seen[0][second] <= close  # not claimed while the first was being sent
