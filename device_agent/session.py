@@ -39,6 +39,10 @@ from protocols.messages import (
 
 log = logging.getLogger(__name__)
 
+HELLO_RETRY_SECONDS = 5
+"""First wait for the hub's ``state`` answer before a hello is sent again."""
+HELLO_RETRY_MAX_SECONDS = 60
+
 
 def build_claim(
     *,
@@ -117,6 +121,8 @@ class DeviceSession:
         self.last_state: State | None = None
         self.last_error: ErrorReply | None = None
         self.components = list(components)
+        self._hello_sent_at: int | None = None  # unanswered hello: when it went out
+        self._hello_retry = HELLO_RETRY_SECONDS
 
     @property
     def manifest_seq(self) -> int:
@@ -138,26 +144,40 @@ class DeviceSession:
 
     def on_connected(self, *, now: int = 0) -> list[Outgoing]:
         """Announce presence, ask for our state and seats, then let components resume."""
-        hello = Hello(
-            agent_version=self.agent_version,
-            manifest_seq=self.manifest_seq,
-            boot_epoch=self.boot_epoch,
-        )
-        hello_out = Outgoing(
-            topics.device_up(self.device_id, topics.UpKind.HELLO), encode_message(hello)
-        )
+        self._hello_sent_at, self._hello_retry = now, HELLO_RETRY_SECONDS
         checkouts = [self._seat("checkout", product) for product in self.seat_products]
-        out = [self._status(online=True), hello_out, *checkouts]
+        out = [self._status(online=True), self._hello(), *checkouts]
         for component in self.components:
             out.extend(component.on_connected(now=now))
         return out
 
     def tick(self, *, now: int) -> list[Outgoing]:
-        """Periodic work of the components while connected."""
+        """Periodic work while connected: an unanswered hello again, the components' work.
+
+        A hello the hub never saw (it connected to the broker after us, or was
+        restarting) is sent again after 5 s, then with doubling waits up to 60 s,
+        until the hub's ``state`` answers it.
+        """
         out: list[Outgoing] = []
+        sent = self._hello_sent_at
+        if sent is not None and now - sent >= self._hello_retry:
+            log.info("no answer to hello after %d s: sending it again", now - sent)
+            self._hello_sent_at = now
+            self._hello_retry = min(self._hello_retry * 2, HELLO_RETRY_MAX_SECONDS)
+            out.append(self._hello())
         for component in self.components:
             out.extend(component.tick(now=now))
         return out
+
+    def _hello(self) -> Outgoing:
+        hello = Hello(
+            agent_version=self.agent_version,
+            manifest_seq=self.manifest_seq,
+            boot_epoch=self.boot_epoch,
+        )
+        return Outgoing(
+            topics.device_up(self.device_id, topics.UpKind.HELLO), encode_message(hello)
+        )
 
     def heartbeat(self) -> list[Outgoing]:
         """Presence, a heartbeat for each held seat, another try for each missing one."""
@@ -186,6 +206,7 @@ class DeviceSession:
             return []
         if isinstance(message, State) and message.device_id == self.device_id:
             self.last_state = message
+            self._hello_sent_at = None  # answered
             log.info(
                 "hub state: manifest_seq=%d server_time=%d",
                 message.manifest_seq,
